@@ -1,0 +1,3 @@
+from cellnet.cli import main
+
+main()

@@ -1,0 +1,765 @@
+"""The cell: the public API of the bus.
+
+A :class:`Cell` has a name, listens on zero or more URLs, and dials a parent
+(one URL, or a list tried in order). It routes every message by destination
+name (see :mod:`cellnet.routing`) and offers:
+
+* ``await cell.request(dst, channel, topic, payload, timeout=...)`` -> reply
+  :class:`~cellnet.message.Message`; errors are typed
+  (:class:`~cellnet.errors.RequestError` and subclasses);
+* ``await cell.send(...)``: fire-and-forget;
+* ``await cell.broadcast(targets, ...)``: one request to many cells;
+* ``@cell.on(channel, topic)``: register a handler; it returns ``bytes``,
+  a :class:`Reply` or ``None``;
+* ``await cell.aclose()``.
+
+Time budgets are relative (seconds), never wall-clock deadlines. A pending
+request fails at once with :class:`~cellnet.errors.LinkLost` when the link it
+left on dies, or with :class:`~cellnet.errors.Unreachable` when a relay loses
+the next hop; a *reliable* request is instead re-sent under the same id once
+the cell has a route again, and the receiver runs its handler at most once.
+
+Every cell answers ``("cellnet", "echo")`` with the payload it got and the
+recorded route, which ``cellnet ping`` uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
+
+from .codec import FrameLimits
+from .config import Config, Limits, Policy, Timeouts
+from .driver import Driver, Link, Listener, LinkOptions
+from .errors import (
+    CellClosed,
+    CellnetError,
+    ConnectError,
+    HandshakeError,
+    LinkLost,
+    MessageTooLarge,
+    NameInUse,
+    NoHandler,
+    ProtocolError,
+    RemoteError,
+    RequestError,
+    RequestTimeout,
+    TransportError,
+    Unreachable,
+)
+from .links import PeerInfo, PeerLink, accept_handshake, dial_handshake
+from .message import Message, MsgType, Status
+from .names import validate_name
+from .once import ReplyCache
+from .registry import DriverRegistry, default_registry
+from .routing import LOCAL, loop_reason, next_hop
+
+log = logging.getLogger("cellnet.cell")
+
+SYSTEM_CHANNEL = "cellnet"
+ECHO_TOPIC = "echo"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What a handler may return to set the reply's meta as well as its payload."""
+
+    payload: bytes | bytearray | memoryview = b""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+
+HandlerResult = Union[bytes, bytearray, memoryview, Reply, None]
+Handler = Callable[[Message], Awaitable[HandlerResult]]
+
+
+@dataclass(slots=True)
+class _Pending:
+    future: asyncio.Future[Message]
+    via: str | None = None
+
+
+@dataclass(slots=True)
+class _Relayed:
+    src: str  # the requester
+    prev: str  # the peer it came from
+    next: str  # the peer it went to
+    expires: float
+    request: Message
+
+
+_STATUS_ERRORS: dict[Status, type[RequestError]] = {
+    Status.TIMEOUT: RequestTimeout,
+    Status.UNREACHABLE: Unreachable,
+    Status.NO_HANDLER: NoHandler,
+    Status.REMOTE_ERROR: RemoteError,
+}
+
+
+def _as_registry(drivers: DriverRegistry | Mapping[str, Driver] | None) -> DriverRegistry:
+    if drivers is None:
+        return default_registry()
+    if isinstance(drivers, DriverRegistry):
+        return drivers
+    return DriverRegistry(drivers)
+
+
+class Cell:
+    """One named participant on the bus."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        parent: str | Sequence[str] | None = None,
+        listen: Sequence[str] = (),
+        limits: Limits | None = None,
+        timeouts: Timeouts | None = None,
+        policy: Policy | None = None,
+        drivers: DriverRegistry | Mapping[str, Driver] | None = None,
+    ) -> None:
+        self.name = validate_name(name)
+        if isinstance(parent, str):
+            parent = [parent]
+        self.parent_urls: tuple[str, ...] = tuple(parent or ())
+        self.listen_urls: tuple[str, ...] = tuple(listen)
+        self.limits = limits or Limits()
+        self.timeouts = timeouts or Timeouts()
+        self.policy = policy or Policy()
+        self._registry = _as_registry(drivers)
+        # Resolve drivers now: an unknown scheme is a construction error.
+        for url in self.parent_urls + self.listen_urls:
+            self._registry.for_url(url)
+        self._options = LinkOptions(
+            limits=FrameLimits(self.limits.max_header, self.limits.max_message),
+            connect_timeout=self.timeouts.connect,
+        )
+        self._links: dict[str, PeerLink] = {}
+        self._listeners: list[Listener] = []
+        self._parent: str | None = None
+        self.parent_url: str | None = None
+        self._route_changed = asyncio.Event()
+        self._pending: dict[str, _Pending] = {}
+        self._relayed: dict[str, _Relayed] = {}
+        self._handlers: dict[tuple[str, str], Handler] = {}
+        self._once = ReplyCache()
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = False
+        self._closed = False
+        self.on(SYSTEM_CHANNEL, ECHO_TOPIC)(self._echo)
+
+    @classmethod
+    def from_config(
+        cls, config: Config, *, drivers: DriverRegistry | Mapping[str, Driver] | None = None
+    ) -> Cell:
+        return cls(
+            config.cell.name,
+            parent=config.cell.parent,
+            listen=config.cell.listen,
+            limits=config.limits,
+            timeouts=config.timeouts,
+            policy=config.policy,
+            drivers=drivers,
+        )
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self, *, wait_parent: float | None = None) -> Cell:
+        """Open the listeners and start dialing the parent.
+
+        With ``wait_parent``, wait up to that many seconds for the parent
+        link; raise :class:`~cellnet.errors.ConnectError` if it is not up.
+        """
+        if self._started:
+            return self
+        self._started = True
+        for url in self.listen_urls:
+            driver = self._registry.for_url(url)
+            listener = await driver.listen(url, self._accept, self._options)
+            self._listeners.append(listener)
+            log.info("%s listening on %s", self.name, listener.url)
+        if self.parent_urls:
+            self._spawn(self._parent_loop())
+            if wait_parent is not None:
+                await self.wait_parent(wait_parent)
+        return self
+
+    async def wait_parent(self, timeout: float) -> str:
+        """Wait until the parent link is up; return the parent's name."""
+        deadline = time.monotonic() + timeout
+        while self._parent is None:
+            if self._refused is not None:
+                raise self._refused
+            if self._closed:
+                raise CellClosed(f"cell {self.name} is closed")
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ConnectError(
+                    f"{self.name}: no link to a parent at {', '.join(self.parent_urls)} "
+                    f"within {timeout:g} s"
+                    + (f" ({self._last_dial_error})" if self._last_dial_error else "")
+                )
+            await self._wait_route_change(left)
+        return self._parent
+
+    _last_dial_error: str | None = None
+    _refused: NameInUse | None = None
+
+    async def __aenter__(self) -> Cell:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close links and listeners, fail pending requests. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for listener in self._listeners:
+            await listener.aclose()
+        for link in list(self._links.values()):
+            await link.aclose()
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_exception(CellClosed(f"cell {self.name} closed"))
+        tasks = [t for t in self._tasks if t is not asyncio.current_task()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._notify_route_change()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def listen_addresses(self) -> list[str]:
+        """The bound URLs of the listeners (port 0 resolved)."""
+        return [listener.url for listener in self._listeners]
+
+    @property
+    def parent(self) -> str | None:
+        """The parent cell's name while linked to it."""
+        return self._parent
+
+    @property
+    def peers(self) -> list[str]:
+        return sorted(self._links)
+
+    def link_info(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "peer": link.name,
+                "url": link.url,
+                "dialed": link.dialed,
+                "sent": link.sent,
+                "received": link.received,
+                "since": link.since,
+            }
+            for link in self._links.values()
+        ]
+
+    # -- handlers ------------------------------------------------------------
+
+    def on(self, channel: str, topic: str = "*") -> Callable[[Handler], Handler]:
+        """Register ``handler`` for a channel and topic (``"*"``: any topic)."""
+
+        def register(handler: Handler) -> Handler:
+            self._handlers[(channel, topic)] = handler
+            return handler
+
+        return register
+
+    def remove_handler(self, channel: str, topic: str = "*") -> None:
+        self._handlers.pop((channel, topic), None)
+
+    def _handler_for(self, channel: str, topic: str) -> Handler | None:
+        return self._handlers.get((channel, topic)) or self._handlers.get((channel, "*"))
+
+    async def _echo(self, msg: Message) -> Reply:
+        return Reply(msg.payload, {"route": list(msg.hops)})
+
+    # -- sending -------------------------------------------------------------
+
+    def _check_size(self, payload: bytes | bytearray | memoryview) -> None:
+        if len(payload) > self.limits.max_message:
+            raise MessageTooLarge(len(payload), self.limits.max_message)
+
+    async def request(
+        self,
+        dst: str,
+        channel: str,
+        topic: str = "",
+        payload: bytes | bytearray | memoryview = b"",
+        *,
+        meta: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        reliable: bool = False,
+    ) -> Message:
+        """Send a request and wait for its reply.
+
+        ``timeout`` is the relative time budget in seconds (default
+        ``timeouts.request``). With ``reliable=True`` the request is re-sent
+        under the same id after a lost link or a lost destination, until the
+        budget runs out; the destination runs the handler at most once.
+
+        Raises :class:`RequestTimeout`, :class:`Unreachable`,
+        :class:`LinkLost`, :class:`NoHandler`, :class:`RemoteError`,
+        :class:`MessageTooLarge` or :class:`CellClosed`.
+        """
+        self._ensure_open()
+        validate_name(dst)
+        self._check_size(payload)
+        budget = self.timeouts.request if timeout is None else float(timeout)
+        if budget <= 0:
+            raise ValueError("timeout must be > 0")
+        deadline = time.monotonic() + budget
+        msg = Message(
+            type=MsgType.REQUEST,
+            src=self.name,
+            dst=dst,
+            channel=channel,
+            topic=topic,
+            payload=payload,
+            meta=meta or {},
+            budget=budget,
+            reliable=reliable,
+            hops=(self.name,),
+        )
+        if dst == self.name:
+            return await self._local_request(msg, budget)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RequestTimeout(f"no reply from {dst} within {budget:g} s")
+            try:
+                reply = await self._attempt(msg, left)
+            except (LinkLost, Unreachable) as exc:
+                if not reliable:
+                    raise
+                log.info("%s: reliable request %s to %s: %s; retrying", self.name, msg.id, dst, exc)
+                await self._wait_route_change(min(deadline - time.monotonic(), 1.0))
+                continue
+            if reply.status is Status.IN_PROGRESS and reliable:
+                # The handler still runs; its reply may come on this id, or we ask again.
+                await asyncio.sleep(min(0.2, max(0.0, deadline - time.monotonic())))
+                continue
+            if reply.status is Status.UNREACHABLE and reliable:
+                await self._wait_route_change(min(deadline - time.monotonic(), 1.0))
+                continue
+            return self._result(reply)
+
+    async def _attempt(self, msg: Message, left: float) -> Message:
+        loop = asyncio.get_running_loop()
+        pending = _Pending(loop.create_future())
+        self._pending[msg.id] = pending
+        try:
+            hop = self._route(msg.dst)
+            if hop is None:
+                raise Unreachable(f"no route from {self.name} to {msg.dst}")
+            link = self._links[hop]
+            pending.via = hop
+            remaining = left
+            self._check_peer_limit(link, msg)
+            try:
+                await link.send(replace(msg, budget=remaining))
+            except TransportError as exc:
+                raise LinkLost(f"link to {hop} failed while sending: {exc}") from None
+            try:
+                return await asyncio.wait_for(pending.future, left)
+            except asyncio.TimeoutError:
+                raise RequestTimeout(
+                    f"no reply from {msg.dst} within {msg.budget:g} s"
+                ) from None
+        finally:
+            self._pending.pop(msg.id, None)
+
+    def _result(self, reply: Message) -> Message:
+        if reply.status is Status.OK:
+            return reply
+        text = str(reply.meta.get("error", reply.status.name.lower()))
+        if reply.status is Status.TOO_LARGE:
+            size = int(reply.meta.get("size", 0))
+            limit = int(reply.meta.get("limit", 0))
+            raise MessageTooLarge(size, limit, where=str(reply.meta.get("at", reply.src)))
+        error = _STATUS_ERRORS.get(reply.status, RequestError)
+        raise error(f"{reply.src}: {text}")
+
+    def _check_peer_limit(self, link: PeerLink, msg: Message) -> None:
+        if len(msg.payload) > link.peer.max_message:
+            raise MessageTooLarge(len(msg.payload), link.peer.max_message, where=link.name)
+
+    async def _local_request(self, msg: Message, budget: float) -> Message:
+        try:
+            reply = await asyncio.wait_for(self._run_handler(msg), budget)
+        except asyncio.TimeoutError:
+            raise RequestTimeout(f"local handler did not answer within {budget:g} s") from None
+        return self._result(reply)
+
+    async def send(
+        self,
+        dst: str,
+        channel: str,
+        topic: str = "",
+        payload: bytes | bytearray | memoryview = b"",
+        *,
+        meta: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Fire-and-forget. Raises only when there is no first hop."""
+        self._ensure_open()
+        validate_name(dst)
+        self._check_size(payload)
+        msg = Message(
+            type=MsgType.SEND,
+            src=self.name,
+            dst=dst,
+            channel=channel,
+            topic=topic,
+            payload=payload,
+            meta=meta or {},
+            hops=(self.name,),
+        )
+        if dst == self.name:
+            self._spawn(self._deliver_send(msg))
+            return
+        hop = self._route(dst)
+        if hop is None:
+            raise Unreachable(f"no route from {self.name} to {dst}")
+        link = self._links[hop]
+        self._check_peer_limit(link, msg)
+        try:
+            await link.send(msg)
+        except TransportError as exc:
+            raise LinkLost(f"link to {hop} failed while sending: {exc}") from None
+
+    async def broadcast(
+        self,
+        targets: Iterable[str] | None,
+        channel: str,
+        topic: str = "",
+        payload: bytes | bytearray | memoryview = b"",
+        *,
+        meta: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Message | CellnetError]:
+        """Send one request to each target; return each reply or error.
+
+        ``targets=None`` means every cell linked to this one except its parent.
+        """
+        names = list(targets) if targets is not None else [
+            name for name in self._links if name != self._parent
+        ]
+
+        async def one(name: str) -> Message | CellnetError:
+            try:
+                return await self.request(name, channel, topic, payload, meta=meta, timeout=timeout)
+            except CellnetError as exc:
+                return exc
+
+        results = await asyncio.gather(*(one(n) for n in names))
+        return dict(zip(names, results))
+
+    # -- routing -------------------------------------------------------------
+
+    def _route(self, dst: str) -> str | None:
+        return next_hop(self.name, dst, self._links, self._parent)
+
+    def route_to(self, dst: str) -> str | None:
+        """The next hop this cell would use for ``dst`` now (``""`` = local)."""
+        return self._route(validate_name(dst))
+
+    def _notify_route_change(self) -> None:
+        self._route_changed.set()
+        self._route_changed = asyncio.Event()
+
+    async def _wait_route_change(self, timeout: float) -> None:
+        if timeout <= 0:
+            return
+        event = self._route_changed
+        try:
+            await asyncio.wait_for(event.wait(), timeout)
+        except asyncio.TimeoutError:
+            pass
+
+    # -- receiving -----------------------------------------------------------
+
+    def _on_message(self, link: PeerLink, msg: Message) -> Awaitable[None] | None:
+        """Called by the link's receive loop, in order. Forwarding is awaited
+        there, so a congested next hop slows the sender (bounded memory);
+        handlers run in their own tasks."""
+        if msg.dst == self.name:
+            msg = msg.with_hop(self.name, msg.budget)
+            if msg.type is MsgType.REPLY:
+                self._on_reply(msg)
+            elif msg.type is MsgType.REQUEST:
+                self._spawn(self._serve_request(msg))
+            else:
+                self._spawn(self._deliver_send(msg))
+            return None
+        return self._forward(link, msg)
+
+    def _on_reply(self, msg: Message) -> None:
+        pending = self._pending.get(msg.reply_to or "")
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(msg)
+
+    async def _forward(self, came_from: PeerLink, msg: Message) -> None:
+        reason = loop_reason(self.name, msg.hops, msg.max_hops)
+        hop = None if reason else self._route(msg.dst)
+        if hop is None or hop == came_from.name and hop != msg.dst:
+            if msg.type is MsgType.REQUEST:
+                why = reason or f"{self.name} has no route to {msg.dst}"
+                await self._reply_error(msg, Status.UNREACHABLE, why)
+            else:
+                log.debug("%s: dropping %s for %s: no route", self.name, msg.type.name, msg.dst)
+            return
+        link = self._links[hop]
+        out = msg.with_hop(self.name, msg.budget)
+        if len(out.payload) > link.peer.max_message:
+            if msg.type is MsgType.REQUEST:
+                await self._reply_error(
+                    msg,
+                    Status.TOO_LARGE,
+                    f"message of {len(out.payload)} bytes exceeds the limit of "
+                    f"{link.peer.max_message} at {hop}",
+                    size=len(out.payload),
+                    limit=link.peer.max_message,
+                    at=hop,
+                )
+            return
+        if msg.type is MsgType.REQUEST:
+            budget = msg.budget if msg.budget is not None else self.timeouts.request
+            self._relayed[msg.id] = _Relayed(
+                msg.src, came_from.name, hop, time.monotonic() + budget, msg
+            )
+            self._expire_relayed()
+        elif msg.type is MsgType.REPLY and msg.reply_to:
+            self._relayed.pop(msg.reply_to, None)
+        try:
+            await link.send(out)
+        except TransportError as exc:
+            if msg.type is MsgType.REQUEST:
+                self._relayed.pop(msg.id, None)
+                await self._reply_error(msg, Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}")
+
+    def _expire_relayed(self) -> None:
+        if len(self._relayed) < 1024:
+            return
+        now = time.monotonic()
+        for key in [k for k, r in self._relayed.items() if r.expires < now]:
+            del self._relayed[key]
+
+    async def _reply_error(self, request: Message, status: Status, text: str, **extra: Any) -> None:
+        reply = request.reply(self.name, status=status, meta={"error": text, **extra})
+        await self._send_reply(reply)
+
+    async def _send_reply(self, reply: Message) -> None:
+        if reply.dst == self.name:
+            self._on_reply(reply)
+            return
+        hop = self._route(reply.dst)
+        if hop is None:
+            log.debug("%s: reply to %s dropped: no route", self.name, reply.dst)
+            return
+        try:
+            await self._links[hop].send(reply)
+        except TransportError as exc:
+            log.debug("%s: reply to %s lost: %s", self.name, reply.dst, exc)
+
+    async def _serve_request(self, msg: Message) -> None:
+        if msg.reliable:
+            run, cached = self._once.begin(msg.src, msg.id)
+            if not run:
+                if cached is None:
+                    await self._send_reply(msg.reply(self.name, status=Status.IN_PROGRESS))
+                else:
+                    await self._send_reply(
+                        Message.reply(msg, self.name, cached.payload, status=cached.status, meta=cached.meta)
+                    )
+                return
+        reply = await self._run_handler(msg)
+        if msg.reliable:
+            self._once.finish(msg.src, msg.id, reply)
+        await self._send_reply(reply)
+
+    async def _run_handler(self, msg: Message) -> Message:
+        handler = self._handler_for(msg.channel, msg.topic)
+        if handler is None:
+            return msg.reply(
+                self.name,
+                status=Status.NO_HANDLER,
+                meta={"error": f"no handler for channel {msg.channel!r} topic {msg.topic!r}"},
+            )
+        try:
+            result = await handler(msg)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s: handler for %s/%s raised", self.name, msg.channel, msg.topic)
+            return msg.reply(
+                self.name,
+                status=Status.REMOTE_ERROR,
+                meta={"error": f"{type(exc).__name__}: {exc}"},
+            )
+        if isinstance(result, Reply):
+            payload, meta = result.payload, result.meta
+        elif result is None:
+            payload, meta = b"", {}
+        else:
+            payload, meta = result, {}
+        if len(payload) > self.limits.max_message:
+            return msg.reply(
+                self.name,
+                status=Status.TOO_LARGE,
+                meta={
+                    "error": f"reply of {len(payload)} bytes exceeds the limit of {self.limits.max_message}",
+                    "size": len(payload),
+                    "limit": self.limits.max_message,
+                    "at": self.name,
+                },
+            )
+        return msg.reply(self.name, payload, meta=meta)
+
+    async def _deliver_send(self, msg: Message) -> None:
+        handler = self._handler_for(msg.channel, msg.topic)
+        if handler is None:
+            log.debug("%s: no handler for one-way %s/%s", self.name, msg.channel, msg.topic)
+            return
+        try:
+            await handler(msg)
+        except Exception:
+            log.exception("%s: handler for %s/%s raised", self.name, msg.channel, msg.topic)
+
+    # -- links ---------------------------------------------------------------
+
+    def _admit(self, info: PeerInfo) -> None:
+        if info.name == self.name:
+            raise HandshakeError(f"peer claims this cell's own name {info.name!r}")
+        if info.name in self._links:
+            raise NameInUse(f"cell name {info.name!r} is already linked to {self.name}")
+
+    async def _accept(self, link: Link) -> None:
+        if self._closed:
+            await link.aclose()
+            return
+        try:
+            info, frames = await accept_handshake(
+                link, self.name, self.limits.max_message, self.timeouts.handshake, self._admit
+            )
+        except (ProtocolError, TransportError) as exc:
+            log.warning("%s: refused a link from %s: %s", self.name, link.remote, exc)
+            await link.aclose()
+            return
+        peer = PeerLink(
+            link,
+            frames,
+            info,
+            dialed=False,
+            url=link.remote,
+            heartbeat_interval=self.timeouts.heartbeat_interval,
+            heartbeat_timeout=self.timeouts.heartbeat_timeout,
+        )
+        await self._run_link(peer)
+
+    async def _run_link(self, peer: PeerLink) -> None:
+        self._links[peer.name] = peer
+        log.info("%s: linked to %s (%s)", self.name, peer.name, peer.url)
+        self._notify_route_change()
+        try:
+            await peer.run(self._on_message)
+        except (ProtocolError, TransportError) as exc:
+            log.warning("%s: link to %s ended: %s", self.name, peer.name, exc)
+        finally:
+            if self._links.get(peer.name) is peer:
+                del self._links[peer.name]
+            if self._parent == peer.name and peer.dialed:
+                self._parent = None
+            self._link_lost(peer.name, peer.close_reason or "link closed")
+            self._notify_route_change()
+
+    def _link_lost(self, name: str, reason: str) -> None:
+        """Fail everything that depended on the link to ``name``."""
+        if self._closed:
+            return
+        for pending in self._pending.values():
+            if pending.via == name and not pending.future.done():
+                pending.future.set_exception(LinkLost(f"link to {name} lost: {reason}"))
+        for key, relayed in list(self._relayed.items()):
+            if relayed.next == name:
+                del self._relayed[key]
+                self._spawn(
+                    self._reply_error(
+                        relayed.request, Status.UNREACHABLE, f"{self.name} lost the link to {name}: {reason}"
+                    )
+                )
+            elif relayed.prev == name:
+                del self._relayed[key]
+
+    async def _parent_loop(self) -> None:
+        t = self.timeouts
+        backoff = t.backoff_initial
+        while not self._closed:
+            linked = False
+            for url in self.parent_urls:
+                try:
+                    peer = await self._dial(url)
+                except NameInUse as exc:
+                    self._last_dial_error = str(exc)
+                    self._refused = exc
+                    self._notify_route_change()
+                    log.warning("%s: %s refused the name: %s", self.name, url, exc)
+                    continue
+                except (TransportError, ProtocolError) as exc:
+                    self._last_dial_error = f"{url}: {exc}"
+                    log.info("%s: cannot link to parent at %s: %s", self.name, url, exc)
+                    continue
+                linked = True
+                self._refused = None
+                self._parent = peer.name
+                self.parent_url = url
+                backoff = t.backoff_initial
+                await self._run_link(peer)
+                self.parent_url = None
+                break
+            if self._closed:
+                return
+            delay = backoff * (0.5 + random.random() / 2)
+            await asyncio.sleep(delay)
+            if not linked:
+                backoff = min(backoff * 2, t.backoff_max)
+
+    async def _dial(self, url: str) -> PeerLink:
+        driver = self._registry.for_url(url)
+        link = await driver.dial(url, self._options)
+        try:
+            info, frames = await dial_handshake(
+                link, self.name, self.limits.max_message, self.timeouts.handshake
+            )
+        except BaseException:
+            await link.aclose()
+            raise
+        return PeerLink(
+            link,
+            frames,
+            info,
+            dialed=True,
+            url=url,
+            heartbeat_interval=self.timeouts.heartbeat_interval,
+            heartbeat_timeout=self.timeouts.heartbeat_timeout,
+        )
+
+    # -- helpers -------------------------------------------------------------
+
+    def _ensure_open(self) -> None:
+        if self._closed:
+            raise CellClosed(f"cell {self.name} is closed")
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

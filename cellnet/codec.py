@@ -1,0 +1,222 @@
+"""The frame codec: sans-I/O, bytes in, frames out.
+
+Every unit that crosses a link is a *frame*. A frame is a fixed 18-byte prefix,
+a msgpack header and a raw payload::
+
+     0      2      3      4          6                  10                         18
+     +------+------+------+----------+------------------+--------------------------+
+     | "CN" | ver  | kind |  flags   |  header length   |      payload length      |
+     |  2B  |  1B  |  1B  |   u16    |       u32        |           u64            |
+     +------+------+------+----------+------------------+--------------------------+
+     | header: msgpack map, `header length` bytes                                  |
+     +-----------------------------------------------------------------------------+
+     | payload: raw bytes, `payload length` bytes                                  |
+     +-----------------------------------------------------------------------------+
+
+All integers are big-endian. The prefix is checked (magic, version, kind and
+both lengths against the configured :class:`FrameLimits`) *before* anything
+sized by the peer is allocated or read, so a peer that lies about a length
+costs us 18 bytes, not gigabytes.
+
+This module never imports asyncio or sockets. Drivers that get a byte stream
+(TCP) read the prefix, call :func:`parse_prefix`, then read exactly the
+announced body; drivers that get whole messages (WebSocket, Redis) call
+:func:`decode_frame`. :class:`FrameDecoder` is the incremental form for
+arbitrary chunks of a stream.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import FrameError, FrameTooLarge
+
+MAGIC = b"CN"
+VERSION = 1
+PREFIX = struct.Struct("!2sBBHIQ")
+PREFIX_SIZE = PREFIX.size  # 18
+
+DEFAULT_MAX_HEADER = 64 * 1024
+DEFAULT_MAX_PAYLOAD = 64 * 1024 * 1024
+
+
+class Kind(enum.IntEnum):
+    """What a frame is for. Link-level kinds never leave their link."""
+
+    HELLO = 1  # handshake, dialer -> listener: name, version, capabilities
+    WELCOME = 2  # handshake, listener -> dialer: accepted, listener's name
+    REFUSE = 3  # handshake refused: reason; the link closes after it
+    MESSAGE = 4  # a bus message (request, reply or one-way send)
+    PING = 5  # heartbeat
+    PONG = 6  # heartbeat answer
+    BYE = 7  # orderly close
+
+
+_KINDS = frozenset(int(k) for k in Kind)
+
+
+@dataclass(frozen=True, slots=True)
+class FrameLimits:
+    """Largest header and payload a decoder accepts."""
+
+    max_header: int = DEFAULT_MAX_HEADER
+    max_payload: int = DEFAULT_MAX_PAYLOAD
+
+
+@dataclass(frozen=True, slots=True)
+class Prefix:
+    """The decoded fixed prefix of a frame."""
+
+    kind: Kind
+    flags: int
+    header_len: int
+    payload_len: int
+
+    @property
+    def body_len(self) -> int:
+        return self.header_len + self.payload_len
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One frame: a kind, flags, a header mapping and a raw payload."""
+
+    kind: Kind
+    header: dict[str, Any] = field(default_factory=dict)
+    payload: bytes | bytearray | memoryview = b""
+    flags: int = 0
+
+
+_packb = msgpack.Packer(use_bin_type=True).pack
+
+
+def encode_parts(frame: Frame) -> tuple[bytes, bytes | bytearray | memoryview]:
+    """Encode a frame as (prefix + header, payload).
+
+    Two parts so a large payload is handed to the transport without a copy.
+    """
+    header = _packb(frame.header)
+    payload = frame.payload
+    prefix = PREFIX.pack(
+        MAGIC, VERSION, int(frame.kind), frame.flags, len(header), len(payload)
+    )
+    return prefix + header, payload
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """Encode a frame into one bytes object."""
+    head, payload = encode_parts(frame)
+    return head + bytes(payload)
+
+
+def parse_prefix(data: bytes | bytearray | memoryview, limits: FrameLimits) -> Prefix:
+    """Decode and check an 18-byte prefix against ``limits``.
+
+    Raises :class:`FrameError` for a wrong magic, version or kind, and
+    :class:`FrameTooLarge` when a declared length is over its limit.
+    """
+    if len(data) != PREFIX_SIZE:
+        raise FrameError(f"frame prefix must be {PREFIX_SIZE} bytes, got {len(data)}")
+    magic, version, kind, flags, header_len, payload_len = PREFIX.unpack(data)
+    if magic != MAGIC:
+        raise FrameError(f"bad magic {bytes(magic)!r}: not a cellnet peer")
+    if version != VERSION:
+        raise FrameError(f"unsupported frame version {version} (this side speaks {VERSION})")
+    if kind not in _KINDS:
+        raise FrameError(f"unknown frame kind {kind}")
+    if header_len > limits.max_header:
+        raise FrameTooLarge(
+            f"frame header of {header_len} bytes exceeds the limit of {limits.max_header}"
+        )
+    if payload_len > limits.max_payload:
+        raise FrameTooLarge(
+            f"frame payload of {payload_len} bytes exceeds the limit of {limits.max_payload}"
+        )
+    return Prefix(Kind(kind), flags, header_len, payload_len)
+
+
+def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
+    """Decode a msgpack header; it must be a map with string keys."""
+    try:
+        header = msgpack.unpackb(
+            data,
+            raw=False,
+            strict_map_key=True,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise FrameError(f"malformed frame header: {exc}") from None
+    if not isinstance(header, dict):
+        raise FrameError(f"frame header must be a map, got {type(header).__name__}")
+    return header
+
+
+def decode_body(prefix: Prefix, body: bytes | bytearray | memoryview) -> Frame:
+    """Build a frame from its checked prefix and exactly ``prefix.body_len`` bytes."""
+    if len(body) != prefix.body_len:
+        raise FrameError(f"frame body is {len(body)} bytes, prefix says {prefix.body_len}")
+    view = memoryview(body)
+    header = decode_header(view[: prefix.header_len])
+    payload = bytes(view[prefix.header_len :]) if prefix.payload_len else b""
+    return Frame(prefix.kind, header, payload, prefix.flags)
+
+
+def decode_frame(data: bytes | bytearray | memoryview, limits: FrameLimits) -> Frame:
+    """Decode one whole frame (for message-oriented transports)."""
+    if len(data) < PREFIX_SIZE:
+        raise FrameError(f"truncated frame: {len(data)} bytes, prefix needs {PREFIX_SIZE}")
+    view = memoryview(data)
+    prefix = parse_prefix(view[:PREFIX_SIZE], limits)
+    body = view[PREFIX_SIZE:]
+    if len(body) != prefix.body_len:
+        raise FrameError(
+            f"frame length mismatch: prefix declares {prefix.body_len} body bytes, got {len(body)}"
+        )
+    return decode_body(prefix, body)
+
+
+class FrameDecoder:
+    """Incremental decoder: feed arbitrary chunks of a stream, get whole frames.
+
+    Memory held is at most one prefix plus one checked frame body.
+    """
+
+    def __init__(self, limits: FrameLimits | None = None) -> None:
+        self._limits = limits or FrameLimits()
+        self._buf = bytearray()
+        self._prefix: Prefix | None = None
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return len(self._buf)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """Add bytes; return every frame they complete.
+
+        After a :class:`FrameError` the stream is unusable; close the link.
+        """
+        self._buf += data
+        frames: list[Frame] = []
+        while True:
+            if self._prefix is None:
+                if len(self._buf) < PREFIX_SIZE:
+                    break
+                self._prefix = parse_prefix(bytes(self._buf[:PREFIX_SIZE]), self._limits)
+                del self._buf[:PREFIX_SIZE]
+            need = self._prefix.body_len
+            if len(self._buf) < need:
+                break
+            body = bytes(self._buf[:need])
+            del self._buf[:need]
+            prefix, self._prefix = self._prefix, None
+            frames.append(decode_body(prefix, body))
+        return frames
+
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for EOF)."""
+        return self._prefix is None and not self._buf

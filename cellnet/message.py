@@ -1,0 +1,170 @@
+"""The message envelope that travels in ``MESSAGE`` frames.
+
+A :class:`Message` is immutable. Its typed fields cover everything routing and
+request/reply need; applications put their own keys in ``meta``. On the wire
+the envelope is the frame header (a msgpack map with short keys) and the
+payload is the frame payload, untouched.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from .codec import Frame, Kind
+from .errors import FrameError
+
+DEFAULT_MAX_HOPS = 16
+
+
+class MsgType(enum.IntEnum):
+    REQUEST = 1  # expects exactly one REPLY
+    REPLY = 2  # answers the request whose id is in ``reply_to``
+    SEND = 3  # fire-and-forget
+
+
+class Status(enum.IntEnum):
+    """Outcome carried by a REPLY."""
+
+    OK = 0
+    TIMEOUT = 1  # budget ran out on the way or at the handler
+    UNREACHABLE = 2  # a hop had no route, or lost the next hop
+    NO_HANDLER = 3  # nothing registered for channel/topic at the destination
+    REMOTE_ERROR = 4  # the handler raised
+    TOO_LARGE = 5  # a hop's size limit refused the message
+    IN_PROGRESS = 6  # a retried reliable request is still running
+
+
+def new_id() -> str:
+    """A fresh, unique message id (128 random bits, hex)."""
+    return os.urandom(16).hex()
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One bus message.
+
+    ``hops`` is the recorded route: every cell that handles the message
+    appends its name (the sender first, the destination last).
+    ``budget`` is the remaining time budget in seconds, relative, never an
+    absolute wall-clock deadline, so cells with skewed clocks agree on it.
+    """
+
+    type: MsgType
+    src: str
+    dst: str
+    channel: str = ""
+    topic: str = ""
+    payload: bytes | bytearray | memoryview = b""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=new_id)
+    reply_to: str | None = None
+    status: Status = Status.OK
+    budget: float | None = None
+    reliable: bool = False
+    hops: tuple[str, ...] = ()
+    max_hops: int = DEFAULT_MAX_HOPS
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    @property
+    def route(self) -> tuple[str, ...]:
+        """Alias of ``hops``: the cells this message passed, in order."""
+        return self.hops
+
+    def with_hop(self, name: str, budget: float | None = None) -> Message:
+        return replace(self, hops=self.hops + (name,), budget=budget)
+
+    def reply(
+        self,
+        src: str,
+        payload: bytes | bytearray | memoryview = b"",
+        *,
+        status: Status = Status.OK,
+        meta: Mapping[str, Any] | None = None,
+    ) -> Message:
+        """Build the reply to this request, addressed to its sender."""
+        return Message(
+            type=MsgType.REPLY,
+            src=src,
+            dst=self.src,
+            channel=self.channel,
+            topic=self.topic,
+            payload=payload,
+            meta=meta or {},
+            reply_to=self.id,
+            status=status,
+            budget=self.budget,
+            hops=(src,),
+        )
+
+    # -- wire form -------------------------------------------------------
+
+    def to_frame(self) -> Frame:
+        header: dict[str, Any] = {
+            "t": int(self.type),
+            "i": self.id,
+            "s": self.src,
+            "d": self.dst,
+            "c": self.channel,
+            "o": self.topic,
+            "h": list(self.hops),
+        }
+        if self.meta:
+            header["m"] = dict(self.meta)
+        if self.reply_to is not None:
+            header["r"] = self.reply_to
+        if self.status is not Status.OK:
+            header["x"] = int(self.status)
+        if self.budget is not None:
+            header["b"] = self.budget
+        if self.reliable:
+            header["y"] = True
+        if self.max_hops != DEFAULT_MAX_HOPS:
+            header["n"] = self.max_hops
+        return Frame(Kind.MESSAGE, header, self.payload)
+
+    @classmethod
+    def from_frame(cls, frame: Frame) -> Message:
+        """Build a message from a MESSAGE frame; a malformed header is a FrameError."""
+        h = frame.header
+        try:
+            hops = h.get("h", [])
+            budget = h.get("b")
+            meta = h.get("m", {})
+            reply_to = h.get("r")
+            msg = cls(
+                type=MsgType(h["t"]),
+                src=_str(h["s"]),
+                dst=_str(h["d"]),
+                channel=_str(h.get("c", "")),
+                topic=_str(h.get("o", "")),
+                payload=frame.payload,
+                meta=meta if isinstance(meta, dict) else _bad("meta"),
+                id=_str(h["i"]),
+                reply_to=None if reply_to is None else _str(reply_to),
+                status=Status(h.get("x", 0)),
+                budget=None if budget is None else float(budget),
+                reliable=bool(h.get("y", False)),
+                hops=tuple(_str(x) for x in hops) if isinstance(hops, list) else _bad("hops"),
+                max_hops=int(h.get("n", DEFAULT_MAX_HOPS)),
+            )
+        except FrameError:
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            raise FrameError(f"malformed message header: {exc!r}") from None
+        return msg
+
+
+def _str(value: Any) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"expected a string, got {type(value).__name__}")
+    return value
+
+
+def _bad(what: str) -> Any:
+    raise TypeError(f"malformed {what}")
