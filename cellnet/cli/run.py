@@ -1,0 +1,51 @@
+"""``cellnet run -c CELL.toml``: run one cell until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from pathlib import Path
+
+import typer
+
+from ..cell import Cell
+from ..config import Config
+from ..errors import CellnetError
+from .common import ConfigOption, err_console, fail, load, setup_logging
+
+
+def run_command(
+    config: Path = ConfigOption,
+    verbose: int = typer.Option(1, "--verbose", "-v", count=True, help="More log output (-vv: debug)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
+) -> None:
+    """Run the cell described by the config file until interrupted."""
+    setup_logging(0 if quiet else verbose)
+    cfg = load(config)
+    try:
+        asyncio.run(serve(cfg))
+    except CellnetError as exc:
+        raise fail(str(exc)) from None
+
+
+async def serve(cfg: Config) -> None:
+    """Start the cell (and any application in its config), wait for a signal, stop."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cell = Cell.from_config(cfg)
+    async with contextlib.AsyncExitStack() as stack:
+        await cell.start()
+        stack.push_async_callback(cell.aclose)
+        if cfg.flower is not None:
+            from ..bridge.flower.service import start_bridge
+
+            bridge = await start_bridge(cell, cfg.flower)
+            stack.push_async_callback(bridge.aclose)
+        where = ", ".join(cell.listen_addresses) or "no listener"
+        up = f"parent {', '.join(cfg.cell.parent)}" if cfg.cell.parent else "no parent"
+        err_console.print(f"cell [bold]{cell.name}[/] running ({where}; {up}); Ctrl-C to stop", highlight=False)
+        await stop.wait()
+        err_console.print(f"cell {cell.name} stopping", highlight=False)

@@ -1,0 +1,34 @@
+"""A cell process for tests: ``python slow_cell.py CELL.toml``.
+
+Runs the configured cell with one extra handler, ``("test", "sleep")``,
+which sleeps for the number of seconds in the payload before answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+from cellnet.cell import Cell
+from cellnet.config import load_config
+from cellnet.message import Message
+
+
+async def main(path: str) -> None:
+    cell = Cell.from_config(load_config(path))
+
+    @cell.on("test", "sleep")
+    async def sleep(msg: Message) -> bytes:
+        await asyncio.sleep(float(msg.payload or b"0"))
+        return b"slept"
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    async with cell:
+        await stop.wait()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1]))
