@@ -29,16 +29,17 @@ import asyncio
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
 
-from .codec import FrameLimits
+from .codec import Frame, FrameLimits
 from .config import Config, Limits, Policy, Timeouts
 from .driver import Driver, Link, Listener, LinkOptions
 from .errors import (
     CellClosed,
     CellnetError,
     ConnectError,
+    FrameError,
     HandshakeError,
     LinkLost,
     MessageTooLarge,
@@ -52,7 +53,7 @@ from .errors import (
     Unreachable,
 )
 from .links import PeerInfo, PeerLink, accept_handshake, dial_handshake
-from .message import Message, MsgType, Status
+from .message import DEFAULT_MAX_HOPS, Message, MsgType, Status
 from .names import validate_name
 from .once import ReplyCache
 from .registry import DriverRegistry, default_registry
@@ -84,11 +85,13 @@ class _Pending:
 
 @dataclass(slots=True)
 class _Relayed:
-    src: str  # the requester
     prev: str  # the peer it came from
     next: str  # the peer it went to
     expires: float
-    request: Message
+    request: Frame  # decoded into a Message only to answer it with an error
+
+
+_MSG_TYPES = frozenset(int(t) for t in MsgType)
 
 
 _STATUS_ERRORS: dict[Status, type[RequestError]] = {
@@ -97,6 +100,11 @@ _STATUS_ERRORS: dict[Status, type[RequestError]] = {
     Status.NO_HANDLER: NoHandler,
     Status.REMOTE_ERROR: RemoteError,
 }
+
+
+def _expire(future: asyncio.Future[Message], msg: Message) -> None:
+    if not future.done():
+        future.set_exception(RequestTimeout(f"no reply from {msg.dst} within {msg.budget:g} s"))
 
 
 def _as_registry(drivers: DriverRegistry | Mapping[str, Driver] | None) -> DriverRegistry:
@@ -356,27 +364,26 @@ class Cell:
 
     async def _attempt(self, msg: Message, left: float) -> Message:
         loop = asyncio.get_running_loop()
-        pending = _Pending(loop.create_future())
+        future: asyncio.Future[Message] = loop.create_future()
+        pending = _Pending(future)
         self._pending[msg.id] = pending
+        timer = loop.call_later(left, _expire, future, msg)
         try:
             hop = self._route(msg.dst)
             if hop is None:
                 raise Unreachable(f"no route from {self.name} to {msg.dst}")
             link = self._links[hop]
             pending.via = hop
-            remaining = left
             self._check_peer_limit(link, msg)
+            if msg.budget is not None and left < msg.budget - 0.001:
+                msg = msg.with_budget(left)  # a retry: the budget already shrank
             try:
-                await link.send(replace(msg, budget=remaining))
+                await link.send(msg)
             except TransportError as exc:
                 raise LinkLost(f"link to {hop} failed while sending: {exc}") from None
-            try:
-                return await asyncio.wait_for(pending.future, left)
-            except asyncio.TimeoutError:
-                raise RequestTimeout(
-                    f"no reply from {msg.dst} within {msg.budget:g} s"
-                ) from None
+            return await future
         finally:
+            timer.cancel()
             self._pending.pop(msg.id, None)
 
     def _result(self, reply: Message) -> Message:
@@ -488,64 +495,73 @@ class Cell:
 
     # -- receiving -----------------------------------------------------------
 
-    def _on_message(self, link: PeerLink, msg: Message) -> Awaitable[None] | None:
+    def _on_frame(self, link: PeerLink, frame: Frame) -> Awaitable[None] | None:
         """Called by the link's receive loop, in order. Forwarding is awaited
         there, so a congested next hop slows the sender (bounded memory);
         handlers run in their own tasks."""
-        if msg.dst == self.name:
-            msg = msg.with_hop(self.name, msg.budget)
-            if msg.type is MsgType.REPLY:
-                self._on_reply(msg)
-            elif msg.type is MsgType.REQUEST:
-                self._spawn(self._serve_request(msg))
-            else:
-                self._spawn(self._deliver_send(msg))
-            return None
-        return self._forward(link, msg)
+        if frame.header.get("d") != self.name:
+            return self._forward(link, frame)
+        msg = Message.from_frame(frame, hop=self.name)
+        if msg.type is MsgType.REPLY:
+            self._on_reply(msg)
+        elif msg.type is MsgType.REQUEST:
+            self._spawn(self._serve_request(msg))
+        else:
+            self._spawn(self._deliver_send(msg))
+        return None
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.get(msg.reply_to or "")
         if pending is not None and not pending.future.done():
             pending.future.set_result(msg)
 
-    async def _forward(self, came_from: PeerLink, msg: Message) -> None:
-        reason = loop_reason(self.name, msg.hops, msg.max_hops)
-        hop = None if reason else self._route(msg.dst)
-        if hop is None or hop == came_from.name and hop != msg.dst:
-            if msg.type is MsgType.REQUEST:
-                why = reason or f"{self.name} has no route to {msg.dst}"
-                await self._reply_error(msg, Status.UNREACHABLE, why)
+    async def _forward(self, came_from: PeerLink, frame: Frame) -> None:
+        """Relay a message for another cell without decoding it into a Message:
+        only the routing fields are read and the hop list is extended."""
+        h = frame.header
+        dst, hops, mtype = h.get("d"), h.get("h"), h.get("t")
+        if not isinstance(dst, str) or not isinstance(hops, list) or mtype not in _MSG_TYPES:
+            raise FrameError(f"malformed message header from {came_from.name}")
+        max_hops = h.get("n", DEFAULT_MAX_HOPS)
+        reason = loop_reason(self.name, hops, max_hops if isinstance(max_hops, int) else 0)
+        hop = None if reason else self._route(dst)
+        if hop is None or (hop == came_from.name and hop != dst):
+            if mtype == MsgType.REQUEST:
+                why = reason or f"{self.name} has no route to {dst}"
+                await self._reply_error(Message.from_frame(frame), Status.UNREACHABLE, why)
             else:
-                log.debug("%s: dropping %s for %s: no route", self.name, msg.type.name, msg.dst)
+                log.debug("%s: dropping a message for %s: no route", self.name, dst)
             return
         link = self._links[hop]
-        out = msg.with_hop(self.name, msg.budget)
-        if len(out.payload) > link.peer.max_message:
-            if msg.type is MsgType.REQUEST:
+        size = len(frame.payload)
+        if size > link.peer.max_message:
+            if mtype == MsgType.REQUEST:
                 await self._reply_error(
-                    msg,
+                    Message.from_frame(frame),
                     Status.TOO_LARGE,
-                    f"message of {len(out.payload)} bytes exceeds the limit of "
-                    f"{link.peer.max_message} at {hop}",
-                    size=len(out.payload),
+                    f"message of {size} bytes exceeds the limit of {link.peer.max_message} at {hop}",
+                    size=size,
                     limit=link.peer.max_message,
                     at=hop,
                 )
             return
-        if msg.type is MsgType.REQUEST:
-            budget = msg.budget if msg.budget is not None else self.timeouts.request
-            self._relayed[msg.id] = _Relayed(
-                msg.src, came_from.name, hop, time.monotonic() + budget, msg
-            )
+        msg_id = h.get("i")
+        if mtype == MsgType.REQUEST and isinstance(msg_id, str):
+            budget = h.get("b")
+            ttl = float(budget) if isinstance(budget, (int, float)) else self.timeouts.request
+            self._relayed[msg_id] = _Relayed(came_from.name, hop, time.monotonic() + ttl, frame)
             self._expire_relayed()
-        elif msg.type is MsgType.REPLY and msg.reply_to:
-            self._relayed.pop(msg.reply_to, None)
+        elif mtype == MsgType.REPLY:
+            self._relayed.pop(h.get("r"), None)  # type: ignore[arg-type]
+        hops.append(self.name)
         try:
-            await link.send(out)
+            await link.send_frame(frame)
         except TransportError as exc:
-            if msg.type is MsgType.REQUEST:
-                self._relayed.pop(msg.id, None)
-                await self._reply_error(msg, Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}")
+            if mtype == MsgType.REQUEST and isinstance(msg_id, str):
+                self._relayed.pop(msg_id, None)
+                await self._reply_error(
+                    Message.from_frame(frame), Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}"
+                )
 
     def _expire_relayed(self) -> None:
         if len(self._relayed) < 1024:
@@ -671,7 +687,7 @@ class Cell:
         log.info("%s: linked to %s (%s)", self.name, peer.name, peer.url)
         self._notify_route_change()
         try:
-            await peer.run(self._on_message)
+            await peer.run(self._on_frame)
         except (ProtocolError, TransportError) as exc:
             log.warning("%s: link to %s ended: %s", self.name, peer.name, exc)
         finally:
@@ -694,7 +710,9 @@ class Cell:
                 del self._relayed[key]
                 self._spawn(
                     self._reply_error(
-                        relayed.request, Status.UNREACHABLE, f"{self.name} lost the link to {name}: {reason}"
+                        Message.from_frame(relayed.request),
+                        Status.UNREACHABLE,
+                        f"{self.name} lost the link to {name}: {reason}",
                     )
                 )
             elif relayed.prev == name:

@@ -156,13 +156,18 @@ def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
 
 
 def decode_body(prefix: Prefix, body: bytes | bytearray | memoryview) -> Frame:
-    """Build a frame from its checked prefix and exactly ``prefix.body_len`` bytes."""
+    """Build a frame from its checked prefix and exactly ``prefix.body_len`` bytes.
+
+    The header and payload are copied out, so ``body`` may be a view into a
+    buffer the caller reuses.
+    """
     if len(body) != prefix.body_len:
         raise FrameError(f"frame body is {len(body)} bytes, prefix says {prefix.body_len}")
-    view = memoryview(body)
-    header = decode_header(view[: prefix.header_len])
-    payload = bytes(view[prefix.header_len :]) if prefix.payload_len else b""
-    return Frame(prefix.kind, header, payload, prefix.flags)
+    hlen = prefix.header_len
+    with memoryview(body) as view:
+        header_bytes = bytes(view[:hlen])
+        payload = bytes(view[hlen:]) if prefix.payload_len else b""
+    return Frame(prefix.kind, decode_header(header_bytes), payload, prefix.flags)
 
 
 def decode_frame(data: bytes | bytearray | memoryview, limits: FrameLimits) -> Frame:
@@ -182,7 +187,8 @@ def decode_frame(data: bytes | bytearray | memoryview, limits: FrameLimits) -> F
 class FrameDecoder:
     """Incremental decoder: feed arbitrary chunks of a stream, get whole frames.
 
-    Memory held is at most one prefix plus one checked frame body.
+    Memory held is at most one prefix plus one checked frame body (and the
+    unparsed tail of the last chunk fed).
     """
 
     def __init__(self, limits: FrameLimits | None = None) -> None:
@@ -195,26 +201,46 @@ class FrameDecoder:
         """Bytes received but not yet returned as frames."""
         return len(self._buf)
 
+    @property
+    def pending_body(self) -> int:
+        """Body bytes the frame being received still needs (0 between frames)."""
+        return 0 if self._prefix is None else max(0, self._prefix.body_len - len(self._buf))
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """Add bytes; return every frame they complete.
 
         After a :class:`FrameError` the stream is unusable; close the link.
         """
-        self._buf += data
+        buf = self._buf
+        buf += data
         frames: list[Frame] = []
-        while True:
-            if self._prefix is None:
-                if len(self._buf) < PREFIX_SIZE:
+        pos = 0
+        end = len(buf)
+        limits = self._limits
+        try:
+            while True:
+                prefix = self._prefix
+                if prefix is None:
+                    if end - pos < PREFIX_SIZE:
+                        break
+                    prefix = parse_prefix(bytes(buf[pos : pos + PREFIX_SIZE]), limits)
+                    pos += PREFIX_SIZE
+                    self._prefix = prefix
+                need = prefix.body_len
+                if end - pos < need:
                     break
-                self._prefix = parse_prefix(bytes(self._buf[:PREFIX_SIZE]), self._limits)
-                del self._buf[:PREFIX_SIZE]
-            need = self._prefix.body_len
-            if len(self._buf) < need:
-                break
-            body = bytes(self._buf[:need])
-            del self._buf[:need]
-            prefix, self._prefix = self._prefix, None
-            frames.append(decode_body(prefix, body))
+                with memoryview(buf) as view:
+                    body = view[pos : pos + need]
+                    try:
+                        frame = decode_body(prefix, body)
+                    finally:
+                        body.release()
+                frames.append(frame)
+                pos += need
+                self._prefix = None
+        finally:
+            if pos:
+                del buf[:pos]
         return frames
 
     def at_boundary(self) -> bool:

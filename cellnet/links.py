@@ -132,7 +132,7 @@ async def accept_handshake(
     return info, frames
 
 
-OnMessage = Callable[["PeerLink", Message], Awaitable[None] | None]
+OnFrame = Callable[["PeerLink", Frame], Awaitable[None] | None]
 
 
 class PeerLink:
@@ -169,11 +169,14 @@ class PeerLink:
         return self.peer.name
 
     async def send(self, msg: Message) -> None:
-        await self.link.send(msg.to_frame())
+        await self.send_frame(msg.to_frame())
+
+    async def send_frame(self, frame: Frame) -> None:
+        await self.link.send(frame)
         self._last_tx = time.monotonic()
         self.sent += 1
 
-    async def run(self, on_message: OnMessage) -> None:
+    async def run(self, on_message: OnFrame) -> None:
         """Receive until the link ends. Returns normally when closed by us;
         raises a TransportError or ProtocolError when it broke."""
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
@@ -183,7 +186,7 @@ class PeerLink:
                 kind = frame.kind
                 if kind is Kind.MESSAGE:
                     self.received += 1
-                    pending = on_message(self, Message.from_frame(frame))
+                    pending = on_message(self, frame)
                     if pending is not None:
                         await pending
                 elif kind is Kind.PING or kind is Kind.PONG:

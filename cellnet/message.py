@@ -76,8 +76,8 @@ class Message:
         """Alias of ``hops``: the cells this message passed, in order."""
         return self.hops
 
-    def with_hop(self, name: str, budget: float | None = None) -> Message:
-        return replace(self, hops=self.hops + (name,), budget=budget)
+    def with_budget(self, budget: float) -> Message:
+        return replace(self, budget=budget)
 
     def reply(
         self,
@@ -129,11 +129,16 @@ class Message:
         return Frame(Kind.MESSAGE, header, self.payload)
 
     @classmethod
-    def from_frame(cls, frame: Frame) -> Message:
-        """Build a message from a MESSAGE frame; a malformed header is a FrameError."""
+    def from_frame(cls, frame: Frame, hop: str | None = None) -> Message:
+        """Build a message from a MESSAGE frame; a malformed header is a FrameError.
+
+        ``hop``, if given, is appended to the recorded route (the receiving cell).
+        """
         h = frame.header
         try:
             hops = h.get("h", [])
+            if hop is not None and isinstance(hops, list):
+                hops = hops + [hop]
             budget = h.get("b")
             meta = h.get("m", {})
             reply_to = h.get("r")

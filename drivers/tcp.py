@@ -24,15 +24,20 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import AsyncIterator
+from typing import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
-from cellnet.codec import PREFIX_SIZE, Frame, decode_body, encode_parts, parse_prefix
+from collections import deque
+
+from cellnet.codec import Frame, FrameDecoder, encode_parts
 from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink
-from cellnet.errors import ConfigError, ConnectError, LinkBroken, LinkClosed
+from cellnet.errors import ConfigError, ConnectError, FrameError, LinkBroken, LinkClosed
 
 _SMALL = 64 * 1024
-_READ_LIMIT = 1024 * 1024
+# Decoded frames (and their payload bytes) waiting for the consumer before
+# reading pauses: TCP flow control then slows the sender.
+_MAX_QUEUED = 256
+_MAX_QUEUED_BYTES = 8 * 1024 * 1024
 
 
 def parse_tcp_url(url: str) -> tuple[str, int]:
@@ -57,96 +62,185 @@ def format_tcp_url(host: str, port: int) -> str:
     return f"tcp://{host}:{port}"
 
 
-class TcpLink(Link):
+class _FrameProtocol(asyncio.Protocol):
+    """Bytes from the socket -> frames in a bounded deque.
+
+    Reading pauses while more than ``_MAX_QUEUED`` frames wait for the
+    consumer, so a slow consumer pushes back on the sender through TCP.
+    """
+
     def __init__(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, options: LinkOptions
+        self, options: LinkOptions, on_made: Callable[[_FrameProtocol], None] | None = None
     ) -> None:
-        self._reader = reader
-        self._writer = writer
-        self._options = options
+        self._on_made = on_made
+        self._decoder = FrameDecoder(options.limits)
+        self._queued_bytes = 0
+        self.frames: deque[Frame] = deque()
+        self.transport: asyncio.Transport | None = None
+        self.error: BaseException | None = None
+        self.lost = False
+        self._reader: asyncio.Future[None] | None = None
+        self._drainers: list[asyncio.Future[None]] = []
+        self._write_paused = False
+        self._read_paused = False
+        self._loop = asyncio.get_running_loop()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        if self._on_made is not None:
+            self._on_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.error is not None:
+            return
+        try:
+            frames = self._decoder.feed(data)
+        except FrameError as exc:
+            self.error = exc
+            assert self.transport is not None
+            self.transport.abort()
+            self._wake()
+            return
+        if frames:
+            self.frames.extend(frames)
+            self._queued_bytes += sum(len(f.payload) for f in frames)
+            if (
+                len(self.frames) > _MAX_QUEUED or self._queued_bytes > _MAX_QUEUED_BYTES
+            ) and not self._read_paused and self.transport:
+                self._read_paused = True
+                self.transport.pause_reading()
+            self._wake()
+
+    def eof_received(self) -> bool:
+        return False  # close the transport; connection_lost follows
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        if exc is not None and self.error is None:
+            self.error = exc
+        elif self.error is None and not self._decoder.at_boundary():
+            self.error = FrameError("connection closed in the middle of a frame")
+        self._wake()
+        for fut in self._drainers:
+            if not fut.done():
+                fut.set_result(None)
+        self._drainers.clear()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        for fut in self._drainers:
+            if not fut.done():
+                fut.set_result(None)
+        self._drainers.clear()
+
+    def _wake(self) -> None:
+        waiter = self._reader
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def wait_frames(self) -> None:
+        self._reader = self._loop.create_future()
+        try:
+            await self._reader
+        finally:
+            self._reader = None
+
+    def consumed(self, frame: Frame) -> None:
+        self._queued_bytes -= len(frame.payload)
+        if (
+            self._read_paused
+            and len(self.frames) <= _MAX_QUEUED // 2
+            and self._queued_bytes <= _MAX_QUEUED_BYTES // 2
+            and self.transport
+        ):
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    async def drain(self) -> None:
+        if self._write_paused and not self.lost:
+            fut = self._loop.create_future()
+            self._drainers.append(fut)
+            await fut
+
+
+class TcpLink(Link):
+    def __init__(self, transport: asyncio.Transport, protocol: _FrameProtocol) -> None:
+        self._transport = transport
+        self._protocol = protocol
         self._closed = False
-        self._broken: str | None = None
-        sock = writer.get_extra_info("socket")
+        sock = transport.get_extra_info("socket")
         if sock is not None:
             try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             except OSError:
                 pass
-        peer = writer.get_extra_info("peername")
-        self.remote = f"tcp://{peer[0]}:{peer[1]}" if peer else "tcp://?"
+        peer = transport.get_extra_info("peername")
+        self.remote = format_tcp_url(peer[0], peer[1]) if peer else "tcp://?"
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._broken is not None
+        return self._closed or self._protocol.lost
+
+    def _broken(self) -> LinkBroken:
+        error = self._protocol.error
+        reason = (str(error) or type(error).__name__) if error else "peer closed the connection"
+        return LinkBroken(f"link to {self.remote} is broken: {reason}")
 
     async def send(self, frame: Frame) -> None:
         if self._closed:
             raise LinkClosed(f"link to {self.remote} is closed")
-        if self._broken is not None:
-            raise LinkBroken(f"link to {self.remote} is broken: {self._broken}")
+        protocol = self._protocol
+        if protocol.lost or self._transport.is_closing():
+            raise self._broken()
         head, payload = encode_parts(frame)
-        writer = self._writer
-        if writer.is_closing():
-            self._broken = "connection closing"
-            raise LinkBroken(f"link to {self.remote} is broken: connection closing")
+        transport = self._transport
         if len(payload) <= _SMALL:
-            writer.write(head + payload if payload else head)
+            transport.write(head + payload if payload else head)
         else:
-            writer.write(head)
-            writer.write(payload)
-        transport = writer.transport
-        if transport.get_write_buffer_size() > self._options.write_buffer:
-            try:
-                await writer.drain()
-            except (ConnectionError, OSError) as exc:
-                self._broken = str(exc) or type(exc).__name__
-                raise LinkBroken(f"link to {self.remote} is broken: {self._broken}") from None
+            transport.write(head)
+            transport.write(payload)
+        if protocol._write_paused:
+            await protocol.drain()
+            if protocol.lost and not self._closed:
+                raise self._broken()
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames()
 
     async def _frames(self) -> AsyncIterator[Frame]:
-        reader = self._reader
-        limits = self._options.limits
+        protocol = self._protocol
+        frames = protocol.frames
         while True:
-            try:
-                prefix_bytes = await reader.readexactly(PREFIX_SIZE)
-            except asyncio.IncompleteReadError as exc:
-                if self._closed:
-                    return
-                reason = "peer closed the connection" if not exc.partial else "truncated frame prefix"
-                self._broken = reason
-                raise LinkBroken(f"link to {self.remote}: {reason}") from None
-            except (ConnectionError, OSError) as exc:
-                if self._closed:
-                    return
-                self._broken = str(exc) or type(exc).__name__
-                raise LinkBroken(f"link to {self.remote}: {self._broken}") from None
-            prefix = parse_prefix(prefix_bytes, limits)
-            try:
-                body = await reader.readexactly(prefix.body_len) if prefix.body_len else b""
-            except asyncio.IncompleteReadError:
-                if self._closed:
-                    return
-                self._broken = "truncated frame body"
-                raise LinkBroken(f"link to {self.remote}: truncated frame body") from None
-            except (ConnectionError, OSError) as exc:
-                if self._closed:
-                    return
-                self._broken = str(exc) or type(exc).__name__
-                raise LinkBroken(f"link to {self.remote}: {self._broken}") from None
-            yield decode_body(prefix, body)
+            while frames:
+                frame = frames.popleft()
+                protocol.consumed(frame)
+                yield frame
+            if self._closed:
+                return
+            if protocol.lost:
+                if isinstance(protocol.error, FrameError):
+                    raise protocol.error
+                raise self._broken()
+            await protocol.wait_frames()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        try:
-            self._writer.close()
-            await asyncio.wait_for(self._writer.wait_closed(), 2.0)
-        except (Exception, asyncio.CancelledError):
-            # The peer may already be gone; closing must never raise.
-            self._writer.transport.abort()
+        transport = self._transport
+        if transport.is_closing():
+            return
+        transport.close()
+        # Give queued bytes a moment to leave; then cut.
+        for _ in range(20):
+            if self._protocol.lost:
+                return
+            await asyncio.sleep(0.01)
+        transport.abort()
 
 
 class TcpListener(Listener):
@@ -168,29 +262,41 @@ class TcpDriver(Driver):
 
     async def dial(self, url: str, options: LinkOptions) -> Link:
         host, port = parse_tcp_url(url)
+        loop = asyncio.get_running_loop()
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(host, port, limit=_READ_LIMIT),
+            transport, protocol = await asyncio.wait_for(
+                loop.create_connection(lambda: _FrameProtocol(options), host, port),
                 options.connect_timeout,
             )
         except asyncio.TimeoutError:
             raise ConnectError(f"{url}: connect timed out after {options.connect_timeout} s") from None
         except OSError as exc:
             raise ConnectError(f"{url}: {exc.strerror or exc}") from None
-        return TcpLink(reader, writer, options)
+        return TcpLink(transport, protocol)  # type: ignore[arg-type]
 
     async def listen(self, url: str, on_link: OnLink, options: LinkOptions) -> Listener:
         host, port = parse_tcp_url(url)
 
-        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-            link = TcpLink(reader, writer, options)
+        loop = asyncio.get_running_loop()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def serve(link: TcpLink) -> None:
             try:
                 await on_link(link)
             finally:
                 await link.aclose()
 
+        def made(protocol: _FrameProtocol) -> None:
+            assert protocol.transport is not None
+            task = loop.create_task(serve(TcpLink(protocol.transport, protocol)))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        def factory() -> _FrameProtocol:
+            return _FrameProtocol(options, made)
+
         try:
-            server = await asyncio.start_server(handle, host, port, limit=_READ_LIMIT)
+            server = await loop.create_server(factory, host, port)
         except OSError as exc:
             raise ConnectError(f"cannot listen on {url}: {exc.strerror or exc}") from None
         sockname = server.sockets[0].getsockname()
