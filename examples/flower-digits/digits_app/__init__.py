@@ -1,0 +1,1 @@
+"""digits-app: federated handwritten-digit classification with Flower and NumPy."""
