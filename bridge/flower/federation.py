@@ -1,0 +1,748 @@
+"""Run a Flower app on a local federation, directly or over the bus.
+
+:func:`run_federation` starts everything a federation needs on this machine,
+submits the app, streams its progress and stops everything again::
+
+    direct:  flwr run ──► SuperLink ◄── SuperNode x N
+
+    bus:     flwr run ──► SuperLink ◄── server cell ◄══ bus ══► client cell i ◄── SuperNode i
+                                       (superlink=)            (listen = LGS port)
+
+In bus mode the SuperNodes never see the SuperLink: each talks to the local
+Fleet server of its client cell (``site-1`` .. ``site-N``), and the server
+cell forwards the calls to the SuperLink. Start order, each step waiting for
+the previous one to be ready (a port that accepts connections, never a fixed
+sleep): SuperLink, server cell, client cells, SuperNodes.
+
+Every process gets its own ``FLWR_HOME`` and log file under the run folder;
+the app is copied there before submission (``flwr run`` may rewrite a
+``pyproject.toml``). Whatever happens (an error, Ctrl-C, SIGTERM through
+:func:`run_federation_sync`), all processes and their children are stopped
+before the call returns. Run folder layout::
+
+    RUN/app/                   copy of the app that is submitted
+    RUN/logs/<process>.log     superlink, supernode-1.., cell-server, cell-site-1.., flwr-run
+    RUN/home/<process>/        FLWR_HOME of each Flower process (home/cli: the flwr CLI)
+    RUN/server.toml, RUN/site-<i>.toml    cell configs (bus mode)
+
+Conventions applied to the app's ``[tool.flwr.app.config]``: ``rounds``
+sets ``num-server-rounds``; if the app declares ``min-nodes``, it is set to
+the number of clients unless given explicitly, so that every node takes part
+in every round. Other keys can be overridden through ``run_config``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.metadata
+import importlib.util
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+import tomllib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeAlias, TypeVar
+
+from .errors import FlowerNotInstalled, InvalidRunConfig, NotAFlowerApp, RunFailed
+from .metrics import SCHEMA, RunMetrics, StreamEvent, StreamParser
+from .procs import LOCALHOST, ManagedProcess, PortAllocator, ProcessGroup
+
+_log = logging.getLogger(__name__)
+
+Mode: TypeAlias = Literal["direct", "bus"]
+RunConfigValue: TypeAlias = bool | int | float | str
+CONNECTION = "local-deploy"
+"""Name of the connection written into the flwr CLI's ``config.toml``."""
+
+DEFAULT_FLOWER_ENV: Mapping[str, str] = {
+    # A local test federation has no business phoning home.
+    "FLWR_TELEMETRY_ENABLED": "0",
+    # SuperExec polls for new tasks every second by default; each round has a
+    # train and an evaluate task per node, so this shortens every round.
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+}
+"""Environment for Flower processes; values already in ``os.environ`` win."""
+
+_REGISTERED = "SuperNode ID:"
+"""SuperNode log line written once it registered with the SuperLink (flwr 1.42)."""
+
+_COPY_IGNORE = shutil.ignore_patterns(
+    ".git",
+    ".venv",
+    "venv",
+    "__pycache__",
+    "*.pyc",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+)
+
+
+# -- inputs ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlowerApp:
+    """A Flower app folder, as read from its ``pyproject.toml``."""
+
+    path: Path
+    name: str
+    version: str
+    publisher: str
+    config: Mapping[str, Any]
+    """Defaults of ``[tool.flwr.app.config]`` (the keys ``run_config`` may set)."""
+
+
+def load_app(app_dir: str | Path) -> FlowerApp:
+    """Read and check an app folder; :class:`~.errors.NotAFlowerApp` if it is not one."""
+    path = Path(app_dir).expanduser().resolve()
+    pyproject = path / "pyproject.toml"
+    if not path.is_dir():
+        raise NotAFlowerApp(f"{path}: not a folder")
+    if not pyproject.is_file():
+        raise NotAFlowerApp(f"{path}: no pyproject.toml, so not a Flower app")
+    try:
+        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise NotAFlowerApp(f"{pyproject}: cannot be read as TOML: {exc}") from exc
+    app = data.get("tool", {}).get("flwr", {}).get("app")
+    if not isinstance(app, dict):
+        raise NotAFlowerApp(f"{pyproject}: no [tool.flwr.app] section, so not a Flower app")
+    components = app.get("components", {})
+    missing = [c for c in ("serverapp", "clientapp") if c not in components]
+    if missing:
+        raise NotAFlowerApp(f"{pyproject}: [tool.flwr.app.components] lacks {', '.join(missing)}")
+    project = data.get("project", {})
+    return FlowerApp(
+        path=path,
+        name=str(project.get("name", path.name)),
+        version=str(project.get("version", "")),
+        publisher=str(app.get("publisher", "")),
+        config=dict(app.get("config", {})),
+    )
+
+
+@dataclass(frozen=True)
+class FlowerInstall:
+    """Where the Flower commands are, and which version they are."""
+
+    version: str
+    bin_dir: Path
+
+    def command(self, name: str) -> str:
+        return str(self.bin_dir / name)
+
+
+def find_flower(python: str | Path | None = None) -> FlowerInstall:
+    """Locate Flower next to ``python`` (default: this interpreter).
+
+    Raises :class:`~.errors.FlowerNotInstalled` with the install hint.
+    """
+    if importlib.util.find_spec("flwr") is None:
+        raise FlowerNotInstalled("Flower (flwr) is not installed")
+    try:
+        version = importlib.metadata.version("flwr")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    bin_dir = Path(python or sys.executable).parent
+    for command in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr"):
+        if not (bin_dir / command).exists():
+            found = shutil.which(command)
+            if found is None:
+                raise FlowerNotInstalled(f"the Flower command {command!r} was not found")
+            bin_dir = Path(found).parent
+    return FlowerInstall(version=version, bin_dir=bin_dir)
+
+
+def parse_run_config_items(items: Iterable[str]) -> dict[str, RunConfigValue]:
+    """Parse ``KEY=VALUE`` strings (as on a command line) into a run config.
+
+    Values are read as TOML (``3``, ``0.5``, ``true``, ``"text"``); a value
+    that is not valid TOML is taken as a plain string.
+    """
+    result: dict[str, RunConfigValue] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not key:
+            raise InvalidRunConfig(f"run config {item!r}: expected KEY=VALUE")
+        try:
+            value = tomllib.loads(f"v = {raw}")["v"]
+        except tomllib.TOMLDecodeError:
+            value = raw
+        if not isinstance(value, bool | int | float | str):
+            raise InvalidRunConfig(f"run config {item!r}: only numbers, booleans, strings")
+        result[key] = value
+    return result
+
+
+def resolve_run_config(
+    app: FlowerApp,
+    *,
+    clients: int,
+    rounds: int | None,
+    run_config: Mapping[str, RunConfigValue] | Sequence[str] | None,
+) -> dict[str, RunConfigValue]:
+    """The overrides passed to ``flwr run --run-config`` (see the module docstring)."""
+    if run_config is None:
+        overrides: dict[str, RunConfigValue] = {}
+    elif isinstance(run_config, Mapping):
+        overrides = dict(run_config)
+    else:
+        overrides = parse_run_config_items(run_config)
+    if rounds is not None:
+        if rounds < 1:
+            raise InvalidRunConfig(f"rounds must be >= 1, got {rounds}")
+        overrides["num-server-rounds"] = rounds
+    if "min-nodes" in app.config and "min-nodes" not in overrides:
+        overrides["min-nodes"] = clients
+    unknown = sorted(set(overrides) - set(app.config))
+    if unknown:
+        known = ", ".join(sorted(app.config)) or "none"
+        raise InvalidRunConfig(
+            f"{app.name}: run config key(s) {', '.join(unknown)} not in "
+            f"[tool.flwr.app.config] (known: {known})"
+        )
+    return overrides
+
+
+def format_run_config(overrides: Mapping[str, RunConfigValue]) -> list[str]:
+    """``--run-config`` arguments, one per key so values may contain spaces."""
+    args: list[str] = []
+    for key, value in overrides.items():
+        args += ["--run-config", f"{key}={_toml_value(value)}"]
+    return args
+
+
+def _toml_value(value: RunConfigValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    return json.dumps(value)  # a TOML basic string
+
+
+# -- outputs ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stage:
+    """Progress of the federation itself (processes starting, run submitted)."""
+
+    name: str
+    detail: str = ""
+
+
+FederationEvent: TypeAlias = StreamEvent | Stage
+EventCallback: TypeAlias = Callable[[FederationEvent], None]
+
+
+@dataclass
+class FederationResult:
+    """What a federation run produced. :meth:`to_dict` is the ``--out`` document."""
+
+    app: str
+    mode: Mode
+    driver: str | None
+    clients: int
+    run_config: dict[str, RunConfigValue]
+    flwr_version: str
+    wall_time_s: float
+    metrics: RunMetrics
+    run_dir: Path | None = None
+    """The run folder if it was kept (a given ``workdir``, or ``keep_workdir``)."""
+    leftover_pids: list[int] = field(default_factory=list)
+    """Processes that survived the stop (should be empty)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "app": self.app,
+            "mode": self.mode,
+            "driver": self.driver,
+            "clients": self.clients,
+            "run_config": self.run_config,
+            "flwr_version": self.flwr_version,
+            "wall_time_s": round(self.wall_time_s, 3),
+            **self.metrics.to_dict(),
+        }
+
+    def write_json(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+
+# -- the runner ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Layout:
+    root: Path
+
+    @property
+    def app(self) -> Path:
+        return self.root / "app"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    def home(self, name: str) -> Path:
+        return self.root / "home" / name
+
+
+async def run_federation(
+    app_dir: str | Path,
+    *,
+    clients: int = 2,
+    rounds: int | None = None,
+    mode: Mode = "direct",
+    run_config: Mapping[str, RunConfigValue] | Sequence[str] | None = None,
+    out: Path | None = None,
+    workdir: Path | None = None,
+    keep_workdir: bool = False,
+    driver: str = "tcp",
+    on_event: EventCallback | None = None,
+    startup_timeout: float = 90.0,
+    run_timeout: float = 3600.0,
+    python: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+) -> FederationResult:
+    """Run ``app_dir`` on ``clients`` local SuperNodes and return its round metrics.
+
+    ``mode="bus"`` routes the SuperNodes through cells (``python -m cellnet
+    run``) using the ``driver`` URL scheme; ``"direct"`` connects them to the
+    SuperLink. ``run_config`` overrides keys of ``[tool.flwr.app.config]``
+    (a mapping, or ``KEY=VALUE`` strings). ``on_event`` receives
+    :class:`Stage` and :mod:`~.metrics` events as they happen. ``out`` gets
+    the JSON document described in :mod:`~.metrics`.
+
+    The run folder is ``workdir`` if given (kept), else a temporary folder
+    that is removed after a successful run unless ``keep_workdir``; after a
+    failure it is kept and its path is added to the error as a note.
+
+    Raises :class:`~.errors.NotAFlowerApp`, :class:`~.errors.InvalidRunConfig`,
+    :class:`~.errors.FlowerNotInstalled`, :class:`~.errors.ProcessFailed` (a
+    process died or did not start; with its log tail) and
+    :class:`~.errors.RunFailed`.
+    """
+    started = time.monotonic()
+    app = load_app(app_dir)
+    if clients < 1:
+        raise InvalidRunConfig(f"clients must be >= 1, got {clients}")
+    if mode not in ("direct", "bus"):
+        raise InvalidRunConfig(f"mode must be 'direct' or 'bus', got {mode!r}")
+    overrides = resolve_run_config(app, clients=clients, rounds=rounds, run_config=run_config)
+    flower = find_flower(python)
+    emit = on_event or (lambda event: None)
+
+    owned = workdir is None
+    root = Path(workdir) if workdir is not None else Path(tempfile.mkdtemp(prefix="cellnet-flower-"))
+    root.mkdir(parents=True, exist_ok=True)
+    layout = _Layout(root.resolve())
+    flower_env = {k: os.environ.get(k, v) for k, v in DEFAULT_FLOWER_ENV.items()}
+    flower_env.update(env or {})
+
+    try:
+        procs = ProcessGroup(layout.logs, env=flower_env, python=python)
+        async with procs:
+            runner = _Runner(procs, flower, layout, emit, startup_timeout, python)
+            app_copy = runner.copy_app(app.path)
+            superlink_port = await runner.start_superlink()
+            if mode == "bus":
+                fleet = await runner.start_cells(clients, superlink_port, driver)
+            else:
+                fleet = [f"{LOCALHOST}:{superlink_port}"] * clients
+            await runner.start_supernodes(fleet)
+            runner.write_cli_config(superlink_port)
+            metrics = await runner.run_app(app_copy, overrides, run_timeout)
+        leftovers = procs.leftovers
+        if leftovers:
+            _log.warning("processes still running after the stop: %s", leftovers)
+    except BaseException as exc:
+        exc.add_note(f"logs and configs of this run: {layout.root}")
+        raise
+
+    kept = not owned or keep_workdir
+    if not kept:
+        shutil.rmtree(layout.root, ignore_errors=True)
+    result = FederationResult(
+        app=app.name,
+        mode=mode,
+        driver=driver if mode == "bus" else None,
+        clients=clients,
+        run_config=overrides,
+        flwr_version=flower.version,
+        wall_time_s=time.monotonic() - started,
+        metrics=metrics,
+        run_dir=layout.root if kept else None,
+        leftover_pids=leftovers,
+    )
+    if out is not None:
+        result.write_json(Path(out))
+    return result
+
+
+def run_federation_sync(app_dir: str | Path, **kwargs: Any) -> FederationResult:
+    """Blocking :func:`run_federation` that cleans up on Ctrl-C and SIGTERM.
+
+    Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM raises
+    ``SystemExit(143)``, in both cases after every process was stopped.
+    """
+    return asyncio.run(_with_sigterm(run_federation(app_dir, **kwargs)))
+
+
+_T = TypeVar("_T")
+
+
+async def _with_sigterm(work: Awaitable[_T]) -> _T:
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+    terminated = False
+
+    def on_sigterm() -> None:
+        nonlocal terminated
+        terminated = True
+        if task is not None:
+            task.cancel()
+
+    try:
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        installed = True
+    except (NotImplementedError, RuntimeError, ValueError):
+        installed = False  # not the main thread, or no signals on this platform
+    try:
+        return await work
+    except asyncio.CancelledError:
+        if terminated:
+            raise SystemExit(128 + signal.SIGTERM) from None
+        raise
+    finally:
+        if installed:
+            loop.remove_signal_handler(signal.SIGTERM)
+
+
+class _Runner:
+    """The steps of one federation run, sharing its process group and ports."""
+
+    def __init__(
+        self,
+        procs: ProcessGroup,
+        flower: FlowerInstall,
+        layout: _Layout,
+        emit: EventCallback,
+        startup_timeout: float,
+        python: str | Path | None,
+    ) -> None:
+        self.procs = procs
+        self.flower = flower
+        self.layout = layout
+        self.emit = emit
+        self.timeout = startup_timeout
+        self.python = str(python or sys.executable)
+        self.ports = PortAllocator(LOCALHOST)
+        self.cli_home = layout.home("cli")
+
+    def copy_app(self, source: Path) -> Path:
+        target = self.layout.app
+        if target.exists():
+            shutil.rmtree(target)
+        shutil.copytree(source, target, ignore=_COPY_IGNORE)
+        return target
+
+    async def start_superlink(self) -> int:
+        self.emit(Stage("superlink", "starting"))
+
+        def argv(port: int) -> list[str]:
+            return [
+                self.flower.command("flower-superlink"),
+                "--insecure",
+                "--host",
+                LOCALHOST,
+                "--port",
+                str(port),
+                # Apps run in this environment: never `uv sync` at run time.
+                "--disable-runtime-dependency-installation",
+            ]
+
+        _, port = await self.procs.start_listening(
+            "superlink",
+            argv,
+            self.ports,
+            flwr_home=self.layout.home("superlink"),
+            timeout=self.timeout,
+        )
+        self.emit(Stage("superlink", f"ready on {LOCALHOST}:{port}"))
+        return port
+
+    async def start_cells(self, clients: int, superlink_port: int, driver: str) -> list[str]:
+        """Start the server cell and the client cells; return each SuperNode's Fleet address."""
+        root = self.layout.root
+
+        def cell(config: Path) -> list[str]:
+            return [self.python, "-m", "cellnet", "run", "-c", str(config)]
+
+        def server_argv(port: int) -> list[str]:
+            path = root / "server.toml"
+            path.write_text(server_cell_config(driver, port, superlink_port), encoding="utf-8")
+            return cell(path)
+
+        self.emit(Stage("cells", "starting the server cell"))
+        _, bus_port = await self.procs.start_listening(
+            "cell-server", server_argv, self.ports, timeout=self.timeout
+        )
+
+        async def start_site(index: int) -> str:
+            name = f"site-{index}"
+
+            def site_argv(port: int) -> list[str]:
+                path = root / f"{name}.toml"
+                path.write_text(site_cell_config(name, driver, bus_port, port), encoding="utf-8")
+                return cell(path)
+
+            _, lgs_port = await self.procs.start_listening(
+                f"cell-{name}", site_argv, self.ports, timeout=self.timeout
+            )
+            return f"{LOCALHOST}:{lgs_port}"
+
+        self.emit(Stage("cells", f"starting {clients} client cells"))
+        fleet = await _all([start_site(i) for i in range(1, clients + 1)])
+        self.emit(Stage("cells", f"ready: server on {driver}://{LOCALHOST}:{bus_port}"))
+        return fleet
+
+    async def start_supernodes(self, fleet: Sequence[str]) -> None:
+        clients = len(fleet)
+        self.emit(Stage("supernodes", f"starting {clients}"))
+
+        async def start(index: int, address: str) -> None:
+            def argv(port: int) -> list[str]:
+                return [
+                    self.flower.command("flower-supernode"),
+                    "--insecure",
+                    "--superlink",
+                    address,
+                    # The SuperNode's own runtime API; unique per SuperNode.
+                    "--port",
+                    str(port),
+                    "--node-config",
+                    f"partition-id={index} num-partitions={clients}",
+                ]
+
+            proc, _ = await self.procs.start_listening(
+                f"supernode-{index + 1}",
+                argv,
+                self.ports,
+                flwr_home=self.layout.home(f"supernode-{index + 1}"),
+                timeout=self.timeout,
+            )
+            await self._wait_registered(proc)
+
+        await _all([start(i, address) for i, address in enumerate(fleet)])
+        self.emit(Stage("supernodes", f"{clients} registered"))
+
+    async def _wait_registered(self, proc: ManagedProcess) -> None:
+        """Wait until the SuperNode registered with the SuperLink (its log says so)."""
+
+        async def registered() -> bool:
+            return _log_contains(proc.log_path, _REGISTERED)
+
+        await self.procs.wait_until(
+            proc, registered, what="registered with the SuperLink", timeout=self.timeout
+        )
+
+    def write_cli_config(self, superlink_port: int) -> None:
+        self.cli_home.mkdir(parents=True, exist_ok=True)
+        (self.cli_home / "config.toml").write_text(
+            cli_config(f"{LOCALHOST}:{superlink_port}"), encoding="utf-8"
+        )
+
+    async def run_app(
+        self, app_copy: Path, overrides: Mapping[str, RunConfigValue], timeout: float
+    ) -> RunMetrics:
+        """Submit the app with ``flwr run --stream`` and parse its output as it comes."""
+        argv = [
+            self.flower.command("flwr"),
+            "run",
+            str(app_copy),
+            CONNECTION,
+            "--stream",
+            *format_run_config(overrides),
+        ]
+        self.emit(Stage("run", "submitting the app"))
+        watched = self.procs.processes
+        proc = self.procs.start("flwr-run", argv, flwr_home=self.cli_home, cwd=self.layout.root)
+        parser = StreamParser()
+        try:
+            async with asyncio.timeout(timeout):
+                async for line in _follow(proc, lambda: self.procs.check_running(watched)):
+                    for event in parser.feed(line):
+                        self.emit(event)
+        except TimeoutError:
+            raise RunFailed(
+                f"the run did not finish within {timeout:.0f} s", proc.log_tail()
+            ) from None
+        for event in parser.close():
+            self.emit(event)
+        metrics = parser.metrics
+        if proc.returncode != 0:
+            raise RunFailed(f"flwr run exited with code {proc.returncode}", proc.log_tail())
+        # `flwr run --stream` exits with 0 even when the ServerApp failed.
+        if metrics.error is not None:
+            raise RunFailed(f"the ServerApp failed: {metrics.error}", proc.log_tail())
+        if not metrics.finished:
+            # No strategy summary (e.g. a custom loop): ask the SuperLink.
+            status = await self.run_status(metrics.run_id)
+            if status is None or not status.endswith(":completed"):
+                raise RunFailed(
+                    f"the run ended with status {status or 'unknown'}", proc.log_tail()
+                )
+        self.emit(Stage("run", "finished"))
+        return metrics
+
+    async def run_status(self, run_id: str | None) -> str | None:
+        """The SuperLink's status of a run, e.g. ``finished:completed``."""
+        if run_id is None:
+            return None
+        argv = [
+            self.flower.command("flwr"), "list", CONNECTION,
+            "--run-id", run_id, "--format", "json",
+        ]
+        proc = self.procs.start("flwr-list", argv, flwr_home=self.cli_home)
+        await self.procs.wait_exit(proc, timeout=60.0)
+        text = proc.log_path.read_text(encoding="utf-8", errors="replace")
+        try:
+            # The log starts with our "$ command" line; the JSON follows.
+            data = json.loads(text[text.index("{", text.index("\n")) :])
+            runs = data.get("runs", [])
+            return str(runs[0]["status"]) if runs else None
+        except (ValueError, KeyError, IndexError, TypeError):
+            return None
+
+
+# -- config files ----------------------------------------------------------------
+
+
+def cli_config(address: str) -> str:
+    """The flwr CLI's ``$FLWR_HOME/config.toml`` with one insecure connection."""
+    return (
+        "[superlink]\n"
+        f'default = "{CONNECTION}"\n\n'
+        f"[superlink.{CONNECTION}]\n"
+        f'address = "{address}"\n'
+        "insecure = true\n"
+    )
+
+
+def server_cell_config(driver: str, bus_port: int, superlink_port: int) -> str:
+    """Config of the server cell: listens for client cells, forwards to the SuperLink."""
+    return (
+        "[cell]\n"
+        'name = "server"\n'
+        f'listen = ["{driver}://{LOCALHOST}:{bus_port}"]\n'
+        "[flower]\n"
+        f'superlink = "{LOCALHOST}:{superlink_port}"\n'
+    )
+
+
+def site_cell_config(name: str, driver: str, bus_port: int, lgs_port: int) -> str:
+    """Config of a client cell: joins the server, serves a Fleet API to its SuperNode."""
+    return (
+        "[cell]\n"
+        f'name = "{name}"\n'
+        f'parent = "{driver}://{LOCALHOST}:{bus_port}"\n'
+        "[flower]\n"
+        f'listen = "{LOCALHOST}:{lgs_port}"\n'
+    )
+
+
+# -- helpers ---------------------------------------------------------------------
+
+
+async def _all(coros: Sequence[Awaitable[_T]]) -> list[_T]:
+    """Run concurrently; on the first failure cancel the rest and raise it as is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_as_coroutine(c)) for c in coros]
+    except BaseExceptionGroup as eg:
+        first = eg.exceptions[0]
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
+    return [t.result() for t in tasks]
+
+
+async def _as_coroutine(awaitable: Awaitable[_T]) -> _T:
+    return await awaitable
+
+
+def _log_contains(path: Path, needle: str) -> bool:
+    try:
+        return needle.encode() in path.read_bytes()
+    except OSError:
+        return False
+
+
+async def _follow(
+    proc: ManagedProcess, check: Callable[[], None], poll: float = 0.1
+) -> AsyncIterator[str]:
+    """Yield the lines ``proc`` writes to its log until it exits.
+
+    ``check`` runs between polls, so a failure elsewhere (a SuperNode dying)
+    ends the wait with its error instead of a hang.
+    """
+    pending = b""
+    with proc.log_path.open("rb") as log:
+        while True:
+            chunk = log.read()
+            if chunk:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    yield line.decode("utf-8", errors="replace")
+                continue
+            if not proc.running():
+                rest = log.read()
+                pending += rest
+                if not rest:
+                    break
+                continue
+            check()
+            await asyncio.sleep(poll)
+    if pending:
+        yield pending.decode("utf-8", errors="replace")
+
+
+__all__ = [
+    "CONNECTION",
+    "DEFAULT_FLOWER_ENV",
+    "FederationEvent",
+    "FederationResult",
+    "FlowerApp",
+    "FlowerInstall",
+    "Mode",
+    "Stage",
+    "cli_config",
+    "find_flower",
+    "format_run_config",
+    "load_app",
+    "parse_run_config_items",
+    "resolve_run_config",
+    "run_federation",
+    "run_federation_sync",
+    "server_cell_config",
+    "site_cell_config",
+]
