@@ -25,40 +25,40 @@ before the call returns. Run folder layout::
     RUN/home/<process>/        FLWR_HOME of each Flower process (home/cli: the flwr CLI)
     RUN/server.toml, RUN/site-<i>.toml    cell configs (bus mode)
 
-Conventions applied to the app's ``[tool.flwr.app.config]``: ``rounds``
-sets ``num-server-rounds``; if the app declares ``min-nodes``, it is set to
-the number of clients unless given explicitly, so that every node takes part
-in every round. Other keys can be overridden through ``run_config``.
+The app's run config is resolved as :mod:`~.app` describes.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.metadata
-import importlib.util
 import json
 import logging
-import math
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
-import tomllib
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeAlias, TypeVar
 
-from .errors import FlowerNotInstalled, InvalidRunConfig, NotAFlowerApp, RunFailed
+from .app import (
+    FlowerInstall,
+    RunConfigValue,
+    find_flower,
+    format_run_config,
+    load_app,
+    resolve_run_config,
+)
+from .errors import InvalidRunConfig, RunFailed
 from .metrics import SCHEMA, RunMetrics, StreamEvent, StreamParser
 from .procs import LOCALHOST, ManagedProcess, PortAllocator, ProcessGroup
 
 _log = logging.getLogger(__name__)
 
 Mode: TypeAlias = Literal["direct", "bus"]
-RunConfigValue: TypeAlias = bool | int | float | str
 CONNECTION = "local-deploy"
 """Name of the connection written into the flwr CLI's ``config.toml``."""
 
@@ -84,156 +84,6 @@ _COPY_IGNORE = shutil.ignore_patterns(
     ".pytest_cache",
     ".ruff_cache",
 )
-
-
-# -- inputs ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FlowerApp:
-    """A Flower app folder, as read from its ``pyproject.toml``."""
-
-    path: Path
-    name: str
-    version: str
-    publisher: str
-    config: Mapping[str, Any]
-    """Defaults of ``[tool.flwr.app.config]`` (the keys ``run_config`` may set)."""
-
-
-def load_app(app_dir: str | Path) -> FlowerApp:
-    """Read and check an app folder; :class:`~.errors.NotAFlowerApp` if it is not one."""
-    path = Path(app_dir).expanduser().resolve()
-    pyproject = path / "pyproject.toml"
-    if not path.is_dir():
-        raise NotAFlowerApp(f"{path}: not a folder")
-    if not pyproject.is_file():
-        raise NotAFlowerApp(f"{path}: no pyproject.toml, so not a Flower app")
-    try:
-        data = tomllib.loads(pyproject.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise NotAFlowerApp(f"{pyproject}: cannot be read as TOML: {exc}") from exc
-    app = data.get("tool", {}).get("flwr", {}).get("app")
-    if not isinstance(app, dict):
-        raise NotAFlowerApp(f"{pyproject}: no [tool.flwr.app] section, so not a Flower app")
-    components = app.get("components", {})
-    missing = [c for c in ("serverapp", "clientapp") if c not in components]
-    if missing:
-        raise NotAFlowerApp(f"{pyproject}: [tool.flwr.app.components] lacks {', '.join(missing)}")
-    project = data.get("project", {})
-    return FlowerApp(
-        path=path,
-        name=str(project.get("name", path.name)),
-        version=str(project.get("version", "")),
-        publisher=str(app.get("publisher", "")),
-        config=dict(app.get("config", {})),
-    )
-
-
-@dataclass(frozen=True)
-class FlowerInstall:
-    """Where the Flower commands are, and which version they are."""
-
-    version: str
-    bin_dir: Path
-
-    def command(self, name: str) -> str:
-        return str(self.bin_dir / name)
-
-
-def find_flower(python: str | Path | None = None) -> FlowerInstall:
-    """Locate Flower next to ``python`` (default: this interpreter).
-
-    Raises :class:`~.errors.FlowerNotInstalled` with the install hint.
-    """
-    if importlib.util.find_spec("flwr") is None:
-        raise FlowerNotInstalled("Flower (flwr) is not installed")
-    try:
-        version = importlib.metadata.version("flwr")
-    except importlib.metadata.PackageNotFoundError:
-        version = "unknown"
-    bin_dir = Path(python or sys.executable).parent
-    for command in ("flower-superlink", "flower-supernode", "flower-superexec", "flwr"):
-        if not (bin_dir / command).exists():
-            found = shutil.which(command)
-            if found is None:
-                raise FlowerNotInstalled(f"the Flower command {command!r} was not found")
-            bin_dir = Path(found).parent
-    return FlowerInstall(version=version, bin_dir=bin_dir)
-
-
-def parse_run_config_items(items: Iterable[str]) -> dict[str, RunConfigValue]:
-    """Parse ``KEY=VALUE`` strings (as on a command line) into a run config.
-
-    Values are read as TOML (``3``, ``0.5``, ``true``, ``"text"``); a value
-    that is not valid TOML is taken as a plain string.
-    """
-    result: dict[str, RunConfigValue] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or not key:
-            raise InvalidRunConfig(f"run config {item!r}: expected KEY=VALUE")
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        if not isinstance(value, bool | int | float | str):
-            raise InvalidRunConfig(f"run config {item!r}: only numbers, booleans, strings")
-        result[key] = value
-    return result
-
-
-def resolve_run_config(
-    app: FlowerApp,
-    *,
-    clients: int,
-    rounds: int | None,
-    run_config: Mapping[str, RunConfigValue] | Sequence[str] | None,
-) -> dict[str, RunConfigValue]:
-    """The overrides passed to ``flwr run --run-config`` (see the module docstring)."""
-    if run_config is None:
-        overrides: dict[str, RunConfigValue] = {}
-    elif isinstance(run_config, Mapping):
-        overrides = dict(run_config)
-    else:
-        overrides = parse_run_config_items(run_config)
-    if rounds is not None:
-        if rounds < 1:
-            raise InvalidRunConfig(f"rounds must be >= 1, got {rounds}")
-        overrides["num-server-rounds"] = rounds
-    if "min-nodes" in app.config and "min-nodes" not in overrides:
-        overrides["min-nodes"] = clients
-    unknown = sorted(set(overrides) - set(app.config))
-    if unknown:
-        known = ", ".join(sorted(app.config)) or "none"
-        raise InvalidRunConfig(
-            f"{app.name}: run config key(s) {', '.join(unknown)} not in "
-            f"[tool.flwr.app.config] (known: {known})"
-        )
-    return overrides
-
-
-def format_run_config(overrides: Mapping[str, RunConfigValue]) -> list[str]:
-    """``--run-config`` arguments, one per key so values may contain spaces."""
-    args: list[str] = []
-    for key, value in overrides.items():
-        args += ["--run-config", f"{key}={_toml_value(value)}"]
-    return args
-
-
-def _toml_value(value: RunConfigValue) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return "nan"
-        if math.isinf(value):
-            return "inf" if value > 0 else "-inf"
-        return repr(value)
-    return json.dumps(value)  # a TOML basic string
 
 
 # -- outputs ---------------------------------------------------------------------
@@ -529,6 +379,11 @@ class _Runner:
         self.emit(Stage("supernodes", f"starting {clients}"))
 
         async def start(index: int, address: str) -> None:
+            log_path = self.layout.logs / f"supernode-{index + 1}.log"
+
+            async def registered_check() -> bool:
+                return _log_contains(log_path, _REGISTERED)
+
             def argv(port: int) -> list[str]:
                 return [
                     self.flower.command("flower-supernode"),
@@ -542,27 +397,17 @@ class _Runner:
                     f"partition-id={index} num-partitions={clients}",
                 ]
 
-            proc, _ = await self.procs.start_listening(
+            await self.procs.start_listening(
                 f"supernode-{index + 1}",
                 argv,
                 self.ports,
                 flwr_home=self.layout.home(f"supernode-{index + 1}"),
                 timeout=self.timeout,
+                ready=("registered with the SuperLink", registered_check),
             )
-            await self._wait_registered(proc)
 
         await _all([start(i, address) for i, address in enumerate(fleet)])
         self.emit(Stage("supernodes", f"{clients} registered"))
-
-    async def _wait_registered(self, proc: ManagedProcess) -> None:
-        """Wait until the SuperNode registered with the SuperLink (its log says so)."""
-
-        async def registered() -> bool:
-            return _log_contains(proc.log_path, _REGISTERED)
-
-        await self.procs.wait_until(
-            proc, registered, what="registered with the SuperLink", timeout=self.timeout
-        )
 
     def write_cli_config(self, superlink_port: int) -> None:
         self.cli_home.mkdir(parents=True, exist_ok=True)
@@ -731,16 +576,9 @@ __all__ = [
     "DEFAULT_FLOWER_ENV",
     "FederationEvent",
     "FederationResult",
-    "FlowerApp",
-    "FlowerInstall",
     "Mode",
     "Stage",
     "cli_config",
-    "find_flower",
-    "format_run_config",
-    "load_app",
-    "parse_run_config_items",
-    "resolve_run_config",
     "run_federation",
     "run_federation_sync",
     "server_cell_config",

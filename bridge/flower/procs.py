@@ -32,6 +32,7 @@ import atexit
 import contextlib
 import errno
 import os
+import random
 import re
 import signal
 import socket
@@ -79,27 +80,55 @@ def port_is_free(port: int, host: str = LOCALHOST) -> bool:
 
 
 class PortAllocator:
-    """Hands out free TCP ports, never the same one twice.
+    """Hands out free TCP ports, never the same one twice in this process.
 
-    A port is found by binding port 0, reading the number back and releasing
-    it; it is checked again just before being handed out. Another process can
-    still take it before our server binds it: the caller detects that
-    (:class:`~.errors.PortInUse`) and asks for another one.
+    Ports come from below the kernel's ephemeral range (on Linux
+    ``net.ipv4.ip_local_port_range``, usually from 32768 up), where neither
+    ``bind(port 0)`` nor outgoing connections take them, so other programs
+    that pick free ports the usual way cannot race us for them. Each port is
+    checked free just before it is handed out, and the ports handed out are
+    remembered process-wide, so concurrent federations in one process never
+    share one. Another process can still take a port before our server binds
+    it: the caller detects that (:class:`~.errors.PortInUse`) and asks for
+    another one.
     """
 
-    def __init__(self, host: str = LOCALHOST) -> None:
+    _given: set[int] = set()
+    """Ports handed out by any allocator of this process."""
+
+    def __init__(self, host: str = LOCALHOST, *, seed: int | None = None) -> None:
         self.host = host
-        self._given: set[int] = set()
+        self._random = random.Random(seed)
+        low = _ephemeral_low()
+        self._range = (max(_LOWEST_PORT, low - _RANGE_SIZE), low) if low > _LOWEST_PORT + 1000 else None
 
     def take(self) -> int:
-        for _ in range(100):
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                sock.bind((self.host, 0))
-                port = int(sock.getsockname()[1])
+        for _ in range(200):
+            port = self._candidate()
             if port not in self._given and port_is_free(port, self.host):
                 self._given.add(port)
                 return port
         raise OSError(errno.EADDRINUSE, f"no free port found on {self.host}")
+
+    def _candidate(self) -> int:
+        if self._range is not None:
+            return self._random.randrange(*self._range)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((self.host, 0))
+            return int(sock.getsockname()[1])
+
+
+_LOWEST_PORT = 10000
+_RANGE_SIZE = 12000
+
+
+def _ephemeral_low() -> int:
+    """The first port of the kernel's ephemeral range (0 where unknown)."""
+    try:
+        text = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text()
+        return int(text.split()[0])
+    except (OSError, ValueError, IndexError):
+        return 0
 
 
 async def port_accepts(port: int, host: str = LOCALHOST, timeout: float = 1.0) -> bool:
@@ -388,12 +417,16 @@ class ProcessGroup:
         timeout: float = 60.0,
         attempts: int = 3,
         port: int | None = None,
+        ready: tuple[str, _Check] | None = None,
     ) -> tuple[ManagedProcess, int]:
         """Start a server on a free port and wait until it accepts connections.
 
         ``argv_for_port(port)`` builds the command line. If the process fails
         because the port was taken meanwhile, it is retried on a new port, up
         to ``attempts`` times. ``port`` forces the first port to try.
+        ``ready`` is a further ``(what, check)`` to wait for once the port
+        accepts; a process that dies meanwhile because its port was taken is
+        retried as well (a port that accepts may belong to someone else).
         """
         for attempt in range(1, attempts + 1):
             chosen = port if (port is not None and attempt == 1) else ports.take()
@@ -406,6 +439,9 @@ class ProcessGroup:
             proc = self.start(name, argv_for_port(chosen), env=env, flwr_home=flwr_home)
             try:
                 await self.wait_port(proc, chosen, host=ports.host, timeout=timeout)
+                if ready is not None:
+                    what, check = ready
+                    await self.wait_until(proc, check, what=what, timeout=timeout, port=chosen)
             except PortInUse:
                 self.stop([proc])
                 if attempt == attempts:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .common import err_console, fail, setup_logging
+from .common import err_console, setup_logging
 
 app = typer.Typer(help="Run unmodified Flower apps over the bus.", no_args_is_help=True)
 

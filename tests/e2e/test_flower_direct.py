@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from cellnet.bridge.flower import federation
+from cellnet.bridge.flower import app as flower_app
+from cellnet.bridge.flower.app import load_app, resolve_run_config
 from cellnet.bridge.flower.errors import (
     FlowerNotInstalled,
     InvalidRunConfig,
@@ -31,12 +32,11 @@ from cellnet.bridge.flower.errors import (
     RunFailed,
     StartupTimeout,
 )
+from cellnet.bridge.flower import federation
 from cellnet.bridge.flower.federation import (
     FederationEvent,
     FederationResult,
     Stage,
-    load_app,
-    resolve_run_config,
     run_federation,
 )
 from cellnet.bridge.flower.metrics import RoundFinished, RunMetrics, RunStarted
@@ -68,7 +68,7 @@ def test_example_app_and_run_config() -> None:
     overrides = resolve_run_config(app, clients=4, rounds=5, run_config=["hidden-units=0"])
     # min-nodes follows the number of clients unless given.
     assert overrides == {"hidden-units": 0, "num-server-rounds": 5, "min-nodes": 4}
-    assert federation.format_run_config({"a": 1, "b": "x y", "c": 0.5, "d": True}) == [
+    assert flower_app.format_run_config({"a": 1, "b": "x y", "c": 0.5, "d": True}) == [
         "--run-config", "a=1",
         "--run-config", 'b="x y"',
         "--run-config", "c=0.5",
@@ -77,8 +77,8 @@ def test_example_app_and_run_config() -> None:
     with pytest.raises(InvalidRunConfig, match="no-such-key"):
         resolve_run_config(app, clients=2, rounds=None, run_config={"no-such-key": 1})
     with pytest.raises(InvalidRunConfig, match="KEY=VALUE"):
-        federation.parse_run_config_items(["novalue"])
-    assert federation.parse_run_config_items(["a=1", "b=text", 'c="q"', "d=2.5"]) == {
+        flower_app.parse_run_config_items(["novalue"])
+    assert flower_app.parse_run_config_items(["a=1", "b=text", 'c="q"', "d=2.5"]) == {
         "a": 1, "b": "text", "c": "q", "d": 2.5,
     }
 
@@ -86,9 +86,9 @@ def test_example_app_and_run_config() -> None:
 def test_missing_flower_is_reported_with_the_install_hint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    real = federation.importlib.util.find_spec
+    real = flower_app.importlib.util.find_spec
     monkeypatch.setattr(
-        federation.importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else real(name, *a)
+        flower_app.importlib.util, "find_spec", lambda name, *a: None if name == "flwr" else real(name, *a)
     )
     with pytest.raises(FlowerNotInstalled, match=r'pip install "cellnet\[flower\]"'):
         asyncio.run(run_federation(APP, clients=1))
