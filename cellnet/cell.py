@@ -57,7 +57,8 @@ from .message import DEFAULT_MAX_HOPS, Message, MsgType, Status
 from .names import validate_name
 from .once import ReplyCache
 from .registry import DriverRegistry, default_registry
-from .routing import LOCAL, loop_reason, next_hop
+from .tls import TlsSettings
+from .routing import loop_reason, next_hop
 
 log = logging.getLogger("cellnet.cell")
 
@@ -127,6 +128,7 @@ class Cell:
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
         policy: Policy | None = None,
+        tls: TlsSettings | None = None,
         drivers: DriverRegistry | Mapping[str, Driver] | None = None,
     ) -> None:
         self.name = validate_name(name)
@@ -144,6 +146,7 @@ class Cell:
         self._options = LinkOptions(
             limits=FrameLimits(self.limits.max_header, self.limits.max_message),
             connect_timeout=self.timeouts.connect,
+            tls=tls,
         )
         self._links: dict[str, PeerLink] = {}
         self._listeners: list[Listener] = []
@@ -170,6 +173,7 @@ class Cell:
             limits=config.limits,
             timeouts=config.timeouts,
             policy=config.policy,
+            tls=config.tls.settings() if config.tls is not None else None,
             drivers=drivers,
         )
 
@@ -179,20 +183,20 @@ class Cell:
         """Open the listeners and start dialing the parent.
 
         With ``wait_parent``, wait up to that many seconds for the parent
-        link; raise :class:`~cellnet.errors.ConnectError` if it is not up.
+        link (also when the cell was started before); raise
+        :class:`~cellnet.errors.ConnectError` if it is not up.
         """
-        if self._started:
-            return self
-        self._started = True
-        for url in self.listen_urls:
-            driver = self._registry.for_url(url)
-            listener = await driver.listen(url, self._accept, self._options)
-            self._listeners.append(listener)
-            log.info("%s listening on %s", self.name, listener.url)
-        if self.parent_urls:
-            self._spawn(self._parent_loop())
-            if wait_parent is not None:
-                await self.wait_parent(wait_parent)
+        if not self._started:
+            self._started = True
+            for url in self.listen_urls:
+                driver = self._registry.for_url(url)
+                listener = await driver.listen(url, self._accept, self._options)
+                self._listeners.append(listener)
+                log.info("%s listening on %s", self.name, listener.url)
+            if self.parent_urls:
+                self._spawn(self._parent_loop())
+        if self.parent_urls and wait_parent is not None:
+            await self.wait_parent(wait_parent)
         return self
 
     async def wait_parent(self, timeout: float) -> str:
@@ -733,7 +737,8 @@ class Cell:
                     log.warning("%s: %s refused the name: %s", self.name, url, exc)
                     continue
                 except (TransportError, ProtocolError) as exc:
-                    self._last_dial_error = f"{url}: {exc}"
+                    text = str(exc)
+                    self._last_dial_error = text if text.startswith(url) else f"{url}: {text}"
                     log.info("%s: cannot link to parent at %s: %s", self.name, url, exc)
                     continue
                 linked = True

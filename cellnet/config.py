@@ -66,6 +66,14 @@ defaults::
     # one character, e.g. ["site-*"]. Default: none (everything is relayed).
     direct = []
 
+    [tls]
+    # Optional: certificates for secure URL schemes (tls://, grpcs://,
+    # https:// or wss://, rediss://); see cellnet.tls. PEM files.
+    ca = "kit/ca.pem"      # verifies peers; a listener with a CA requires
+                           # client certificates (mutual TLS)
+    cert = "kit/site-1.pem"
+    key = "kit/site-1.key"
+
     [flower]
     # Optional: the Flower bridge. Leave the table out when not used.
     # In a client cell: the host:port of the local server its SuperNode
@@ -116,6 +124,7 @@ from .errors import ConfigError, InvalidCellName
 from .names import match_pattern, validate_name
 from .sizes import KiB, MiB, parse_size
 from .sizes import _show  # one spelling of values in every error
+from .tls import SECURE_SCHEMES, TlsSettings
 
 # -- parsing one value -------------------------------------------------------
 #
@@ -330,6 +339,18 @@ class Policy:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsSection:
+    """``[tls]``: PEM files for secure URL schemes (see :mod:`cellnet.tls`)."""
+
+    ca: Path | None = _key(None, parse=_path)
+    cert: Path | None = _key(None, parse=_path)
+    key: Path | None = _key(None, parse=_path)
+
+    def settings(self) -> TlsSettings:
+        return TlsSettings(self.ca, self.cert, self.key)
+
+
+@dataclass(frozen=True, slots=True)
 class FlowerSection:
     """``[flower]``: the Flower bridge."""
 
@@ -351,6 +372,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     policy: Policy = field(default_factory=Policy)
+    tls: TlsSection | None = None
     flower: FlowerSection | None = None
     #: Where the configuration came from (a file path), for messages.
     source: str = "<mapping>"
@@ -375,6 +397,7 @@ _SECTIONS: dict[str, tuple[type[Any], bool]] = {
     "limits": (Limits, False),
     "timeouts": (Timeouts, False),
     "policy": (Policy, False),
+    "tls": (TlsSection, False),
     "flower": (FlowerSection, False),
 }
 
@@ -496,6 +519,20 @@ def _check(config: Config, ctx: _Ctx) -> None:
             f"{ctx.source}: cell: expected cell.parent (a client cell) or"
             " cell.listen (the server cell), got neither"
         )
+    tls = config.tls
+    if tls is not None and (tls.cert is None) != (tls.key is None):
+        missing = "tls.key" if tls.key is None else "tls.cert"
+        raise ConfigError(
+            f"{ctx.source}: {missing}: expected a file path, but it is missing"
+            " (tls.cert and tls.key go together)"
+        )
+    for url in cell.listen:
+        scheme = urlsplit(url).scheme
+        if scheme in SECURE_SCHEMES and (tls is None or tls.cert is None):
+            raise ConfigError(
+                f"{ctx.source}: cell.listen: {url} is a TLS listener and needs"
+                " [tls] cert and key"
+            )
     if t.heartbeat_timeout <= t.heartbeat_interval:
         raise ctx.error(
             "timeouts.heartbeat_timeout",
@@ -517,6 +554,7 @@ __all__ = [
     "Limits",
     "Policy",
     "Timeouts",
+    "TlsSection",
     "config_from_mapping",
     "load_config",
 ]

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator, Awaitable, Callable, ClassVar
 
 from .codec import Frame, FrameLimits
+from .tls import TlsSettings
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,10 @@ class LinkOptions:
     connect_timeout: float = 5.0
     #: bytes buffered in the transport before ``send`` waits
     write_buffer: int = 1024 * 1024
+    #: certificates for secure schemes (``tls://``, ``grpcs://``, ...); see
+    #: :mod:`cellnet.tls`. ``None``: a dialer trusts the system's CAs and a
+    #: listener on a secure scheme fails with a ConfigError.
+    tls: TlsSettings | None = None
 
 
 class Link(abc.ABC):

@@ -1,9 +1,16 @@
-"""The TCP driver: ``tcp://host:port``.
+"""The TCP driver: ``tcp://host:port``, and TCP with TLS: ``tls://host:port``.
 
 URL grammar
     ``tcp://HOST:PORT`` where HOST is a name, an IPv4 address or a bracketed
     IPv6 address (``tcp://[::1]:8002``). Listening on port 0 binds a free
-    port; the listener's ``url`` reports it.
+    port; the listener's ``url`` reports it. ``tls://HOST:PORT`` is the same
+    inside TLS.
+
+TLS
+    ``tls://`` takes the cell's ``[tls]`` settings (:mod:`cellnet.tls`): a
+    listener needs a certificate and key, and with a CA it requires client
+    certificates (mutual TLS); a dialer verifies the server's certificate
+    and checks HOST against its subjectAltName (names and IP addresses).
 
 Behaviour
     One TCP connection per link, ``TCP_NODELAY`` set, frames written with the
@@ -13,7 +20,7 @@ Behaviour
     bytes are queued in the kernel-side transport.
 
 Capabilities
-    stream-oriented, needs an open port on the listener, no TLS yet.
+    stream-oriented, needs an open port on the listener, TLS.
 
 Errors
     ``ConnectError`` when a dial fails, ``LinkBroken`` when the peer resets or
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from typing import AsyncIterator, Callable
 from urllib.parse import urlsplit
 
@@ -32,6 +40,7 @@ from collections import deque
 from cellnet.codec import Frame, FrameDecoder, encode_parts
 from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink
 from cellnet.errors import ConfigError, ConnectError, FrameError, LinkBroken, LinkClosed
+from cellnet.tls import TlsSettings
 
 _SMALL = 64 * 1024
 # Decoded frames (and their payload bytes) waiting for the consumer before
@@ -41,25 +50,32 @@ _MAX_QUEUED_BYTES = 8 * 1024 * 1024
 
 
 def parse_tcp_url(url: str) -> tuple[str, int]:
-    """Split ``tcp://host:port`` into (host, port)."""
+    """Split ``tcp://host:port`` (or ``tls://``) into (host, port)."""
     parts = urlsplit(url)
-    if parts.scheme.lower() != "tcp":
-        raise ConfigError(f"{url!r}: expected a tcp:// URL")
+    if parts.scheme.lower() not in TcpDriver.schemes:
+        raise ConfigError(f"{url!r}: expected a tcp:// or tls:// URL")
     try:
         port = parts.port
     except ValueError:
         port = None
     if not parts.hostname or port is None:
-        raise ConfigError(f"{url!r}: expected tcp://HOST:PORT")
+        raise ConfigError(f"{url!r}: expected {parts.scheme}://HOST:PORT")
     if parts.path not in ("", "/") or parts.query:
-        raise ConfigError(f"{url!r}: a tcp:// URL takes no path or query")
+        raise ConfigError(f"{url!r}: a {parts.scheme}:// URL takes no path or query")
     return parts.hostname, port
 
 
-def format_tcp_url(host: str, port: int) -> str:
+def format_tcp_url(host: str, port: int, scheme: str = "tcp") -> str:
     if ":" in host:
         host = f"[{host}]"
-    return f"tcp://{host}:{port}"
+    return f"{scheme}://{host}:{port}"
+
+
+def _ssl_context(url: str, options: LinkOptions, *, server: bool) -> ssl.SSLContext | None:
+    if urlsplit(url).scheme.lower() != "tls":
+        return None
+    tls = options.tls or TlsSettings()
+    return tls.server_context() if server else tls.client_context()
 
 
 class _FrameProtocol(asyncio.Protocol):
@@ -168,7 +184,9 @@ class _FrameProtocol(asyncio.Protocol):
 
 
 class TcpLink(Link):
-    def __init__(self, transport: asyncio.Transport, protocol: _FrameProtocol) -> None:
+    def __init__(
+        self, transport: asyncio.Transport, protocol: _FrameProtocol, scheme: str = "tcp"
+    ) -> None:
         self._transport = transport
         self._protocol = protocol
         self._closed = False
@@ -179,7 +197,7 @@ class TcpLink(Link):
             except OSError:
                 pass
         peer = transport.get_extra_info("peername")
-        self.remote = format_tcp_url(peer[0], peer[1]) if peer else "tcp://?"
+        self.remote = format_tcp_url(peer[0], peer[1], scheme) if peer else f"{scheme}://?"
 
     @property
     def closed(self) -> bool:
@@ -257,25 +275,37 @@ class TcpListener(Listener):
 
 
 class TcpDriver(Driver):
-    schemes = ("tcp",)
-    capabilities = Capabilities(needs_listen_port=True, tls=False, message_oriented=False)
+    schemes = ("tcp", "tls")
+    capabilities = Capabilities(needs_listen_port=True, tls=True, message_oriented=False)
 
     async def dial(self, url: str, options: LinkOptions) -> Link:
         host, port = parse_tcp_url(url)
+        scheme = urlsplit(url).scheme.lower()
+        context = _ssl_context(url, options, server=False)
         loop = asyncio.get_running_loop()
         try:
             transport, protocol = await asyncio.wait_for(
-                loop.create_connection(lambda: _FrameProtocol(options), host, port),
+                loop.create_connection(
+                    lambda: _FrameProtocol(options),
+                    host,
+                    port,
+                    ssl=context,
+                    server_hostname=host if context is not None else None,
+                ),
                 options.connect_timeout,
             )
         except asyncio.TimeoutError:
             raise ConnectError(f"{url}: connect timed out after {options.connect_timeout} s") from None
+        except ssl.SSLError as exc:
+            raise ConnectError(f"{url}: TLS handshake failed: {exc.reason or exc}") from None
         except OSError as exc:
             raise ConnectError(f"{url}: {exc.strerror or exc}") from None
-        return TcpLink(transport, protocol)  # type: ignore[arg-type]
+        return TcpLink(transport, protocol, scheme)  # type: ignore[arg-type]
 
     async def listen(self, url: str, on_link: OnLink, options: LinkOptions) -> Listener:
         host, port = parse_tcp_url(url)
+        scheme = urlsplit(url).scheme.lower()
+        context = _ssl_context(url, options, server=True)
 
         loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
@@ -288,7 +318,7 @@ class TcpDriver(Driver):
 
         def made(protocol: _FrameProtocol) -> None:
             assert protocol.transport is not None
-            task = loop.create_task(serve(TcpLink(protocol.transport, protocol)))
+            task = loop.create_task(serve(TcpLink(protocol.transport, protocol, scheme)))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
 
@@ -296,8 +326,14 @@ class TcpDriver(Driver):
             return _FrameProtocol(options, made)
 
         try:
-            server = await loop.create_server(factory, host, port)
+            server = await loop.create_server(
+                factory,
+                host,
+                port,
+                ssl=context,
+                ssl_handshake_timeout=options.connect_timeout if context else None,
+            )
         except OSError as exc:
             raise ConnectError(f"cannot listen on {url}: {exc.strerror or exc}") from None
         sockname = server.sockets[0].getsockname()
-        return TcpListener(server, format_tcp_url(sockname[0], sockname[1]))
+        return TcpListener(server, format_tcp_url(sockname[0], sockname[1], scheme))

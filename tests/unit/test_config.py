@@ -20,6 +20,7 @@ from cellnet.config import (
     Limits,
     Policy,
     Timeouts,
+    TlsSection,
     _Ctx,
     _path,
     _resolve_path,
@@ -315,6 +316,7 @@ def test_docstring_reference_lists_every_key() -> None:
         "limits": Limits,
         "timeouts": Timeouts,
         "policy": Policy,
+        "tls": TlsSection,
         "flower": FlowerSection,
     }
     assert set(data) == set(sections) == {f.name for f in dataclasses.fields(Config)} - {
@@ -592,3 +594,37 @@ def test_path_keys_resolve_from_the_config_folder(tmp_path: Path) -> None:
     assert _path("kit/site-1.pem", "tls.cert", ctx) == tmp_path / "kit" / "site-1.pem"
     with pytest.raises(ConfigError, match=r"^cell\.toml: tls\.cert: expected a file path"):
         _path("", "tls.cert", ctx)
+
+
+# -- tls ------------------------------------------------------------------------
+
+
+def test_tls_paths_resolve_from_the_config_folder(tmp_path: Path) -> None:
+    path = tmp_path / "cell.toml"
+    path.write_text(
+        '[cell]\nname = "server"\nlisten = ["tls://127.0.0.1:0"]\n'
+        '[tls]\nca = "kit/ca.pem"\ncert = "kit/server.pem"\nkey = "/abs/server.key"\n'
+    )
+    config = load_config(path)
+    assert config.tls == TlsSection(
+        tmp_path / "kit" / "ca.pem", tmp_path / "kit" / "server.pem", Path("/abs/server.key")
+    )
+    assert config.tls.settings().mutual
+
+
+def test_tls_listener_without_certificate_is_an_error() -> None:
+    data = {"cell": {"name": "server", "listen": ["tls://127.0.0.1:0"]}}
+    with pytest.raises(ConfigError, match=r"cell.listen: tls://127.0.0.1:0 is a TLS listener and needs \[tls\] cert and key"):
+        config_from_mapping(data)
+
+
+def test_tls_cert_without_key_is_an_error() -> None:
+    data = {"cell": {"name": "site-1", "parent": "tls://h:1"}, "tls": {"cert": "a.pem"}}
+    with pytest.raises(ConfigError, match=r"tls.key: expected a file path, but it is missing"):
+        config_from_mapping(data)
+
+
+def test_tls_unknown_key_suggests_the_right_one() -> None:
+    data = {"cell": {"name": "site-1", "parent": "tls://h:1"}, "tls": {"crt": "a.pem"}}
+    with pytest.raises(ConfigError, match=r'tls.crt: unknown key \(did you mean "cert"\?\)'):
+        config_from_mapping(data)
