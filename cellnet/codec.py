@@ -210,7 +210,17 @@ class FrameDecoder:
         """Add bytes; return every frame they complete.
 
         After a :class:`FrameError` the stream is unusable; close the link.
+        Frames completed before the bad bytes are lost with the error: use
+        :meth:`feed_partial` to keep them.
         """
+        frames, error = self.feed_partial(data)
+        if error is not None:
+            raise error
+        return frames
+
+    def feed_partial(self, data: bytes | bytearray | memoryview) -> tuple[list[Frame], FrameError | None]:
+        """Like :meth:`feed`, but return the frames completed before bad
+        bytes together with the error, so good frames are delivered first."""
         buf = self._buf
         buf += data
         frames: list[Frame] = []
@@ -238,10 +248,12 @@ class FrameDecoder:
                 frames.append(frame)
                 pos += need
                 self._prefix = None
+        except FrameError as exc:
+            return frames, exc
         finally:
             if pos:
                 del buf[:pos]
-        return frames
+        return frames, None
 
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for EOF)."""

@@ -54,6 +54,9 @@ class Capabilities:
     tls: bool = False
     #: frames arrive as whole messages (no stream framing needed)
     message_oriented: bool = False
+    #: links can join two operating-system processes (False for in-memory
+    #: drivers whose links live inside one event loop)
+    cross_process: bool = True
 
 
 @dataclass(frozen=True, slots=True)

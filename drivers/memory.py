@@ -8,8 +8,10 @@ isolated: give each test its own network and pass the driver to the cells::
     drivers = {"memory": MemoryDriver(net)}
     server = Cell("server", listen=["memory://server"], drivers=drivers)
 
-Frames are handed over as objects (not re-encoded), but payload sizes are
-still checked against the limits so tests see the same errors as on a wire.
+Frames are handed over as objects (not re-encoded), but header and payload
+sizes are still checked against the receiver's limits, so tests see the same
+errors as on a wire. Each inbox is bounded (frames and bytes): a sender waits
+while its peer's inbox is full.
 ``MemoryNetwork.break_link`` simulates a peer that vanished.
 """
 
@@ -17,83 +19,122 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections import deque
 from typing import AsyncIterator
 from urllib.parse import urlsplit
 
-from cellnet.codec import Frame
+from cellnet.codec import PREFIX_SIZE, Frame, encode_parts
 from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink
 from cellnet.errors import ConfigError, ConnectError, FrameTooLarge, LinkBroken, LinkClosed
 
-_CLOSE = object()
-_BREAK = object()
+_QUEUE_BYTES = 4 * 1024 * 1024
 
 
 class MemoryLink(Link):
-    def __init__(self, inbox: asyncio.Queue[object], options: LinkOptions, remote: str) -> None:
-        self._inbox = inbox
+    """One end of an in-memory link: a bounded inbox (frames and bytes)."""
+
+    def __init__(self, options: LinkOptions, remote: str, queue_size: int) -> None:
+        self._inbox: deque[Frame] = deque()
+        self._inbox_bytes = 0
+        self._queue_size = queue_size
         self._peer: MemoryLink | None = None
         self._options = options
         self._closed = False
-        self._broken = False
+        self._broken: str | None = None  # the reason, once broken
+        # Tasks waiting for this end's inbox or state to change.
+        self._waiters: list[asyncio.Future[None]] = []
         self.remote = remote
 
     @property
     def closed(self) -> bool:
-        return self._closed or self._broken
+        return self._closed or self._broken is not None
 
-    async def send(self, frame: Frame) -> None:
+    def _full(self) -> bool:
+        return len(self._inbox) >= self._queue_size or (
+            self._inbox_bytes >= _QUEUE_BYTES and bool(self._inbox)
+        )
+
+    def _poke(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _waiter(self) -> asyncio.Future[None]:
+        fut = asyncio.get_running_loop().create_future()
+        self._waiters.append(fut)
+        return fut
+
+    def _check_sendable(self) -> MemoryLink:
         if self._closed:
             raise LinkClosed(f"link to {self.remote} is closed")
         peer = self._peer
-        if self._broken or peer is None or peer._closed or peer._broken:
-            raise LinkBroken(f"link to {self.remote} is broken")
-        if len(frame.payload) > peer._options.limits.max_payload:
+        if self._broken is not None or peer is None or peer.closed:
+            raise LinkBroken(f"link to {self.remote} is broken: {self._broken or 'peer closed the connection'}")
+        return peer
+
+    async def send(self, frame: Frame) -> None:
+        peer = self._check_sendable()
+        limits = peer._options.limits
+        if len(frame.payload) > limits.max_payload:
             raise FrameTooLarge(
-                f"frame payload of {len(frame.payload)} bytes exceeds the limit of "
-                f"{peer._options.limits.max_payload}"
+                f"frame payload of {len(frame.payload)} bytes exceeds the limit of {limits.max_payload}"
             )
-        await peer._inbox.put(frame)
+        head, _ = encode_parts(frame)
+        if len(head) - PREFIX_SIZE > limits.max_header:
+            raise FrameTooLarge(
+                f"frame header of {len(head) - PREFIX_SIZE} bytes exceeds the limit of {limits.max_header}"
+            )
+        while peer._full():
+            # Back-pressure: wait until the peer reads, or either end goes.
+            waiters = (peer._waiter(), self._waiter())
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for fut in waiters:
+                    fut.cancel()
+            peer = self._check_sendable()
+        peer._inbox.append(frame)
+        peer._inbox_bytes += len(frame.payload)
+        peer._poke()
 
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames()
 
     async def _frames(self) -> AsyncIterator[Frame]:
         while True:
-            item = await self._inbox.get()
-            if item is _CLOSE:
-                if self._closed:
-                    return
-                self._broken = True
-                raise LinkBroken(f"link to {self.remote}: peer closed the connection")
-            if item is _BREAK:
-                self._broken = True
-                raise LinkBroken(f"link to {self.remote}: connection reset")
-            assert isinstance(item, Frame)
-            yield item
+            if self._closed:
+                return
+            if self._inbox:
+                frame = self._inbox.popleft()
+                self._inbox_bytes -= len(frame.payload)
+                self._poke()  # a sender waiting for room
+                yield frame
+                continue
+            if self._broken is not None:
+                raise LinkBroken(f"link to {self.remote} is broken: {self._broken}")
+            await self._waiter()
 
-    def _signal(self, item: object) -> None:
-        try:
-            self._inbox.put_nowait(item)
-        except asyncio.QueueFull:
-            # Make room: the reader will stop at the signal anyway.
-            self._inbox.get_nowait()
-            self._inbox.put_nowait(item)
+    def _lose(self, reason: str) -> None:
+        if not self.closed:
+            self._broken = reason
+        self._poke()
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        self._signal(_CLOSE)
-        if self._peer is not None and not self._peer.closed:
-            self._peer._signal(_CLOSE)
+        self._inbox.clear()
+        self._inbox_bytes = 0
+        self._poke()
+        if self._peer is not None:
+            self._peer._lose("peer closed the connection")
 
     def break_(self) -> None:
         """Simulate a network failure seen by both ends."""
-        self._broken = True
-        self._signal(_BREAK)
+        self._lose("connection reset")
         if self._peer is not None:
-            self._peer._broken = True
-            self._peer._signal(_BREAK)
+            self._peer._lose("connection reset")
 
 
 class MemoryListener(Listener):
@@ -135,7 +176,7 @@ def _key(url: str) -> str:
 
 class MemoryDriver(Driver):
     schemes = ("memory",)
-    capabilities = Capabilities(needs_listen_port=False, message_oriented=True)
+    capabilities = Capabilities(needs_listen_port=False, message_oriented=True, cross_process=False)
 
     def __init__(self, network: MemoryNetwork | None = None) -> None:
         self.network = network or MemoryNetwork()
@@ -148,8 +189,8 @@ class MemoryDriver(Driver):
             raise ConnectError(f"{url}: connection refused")
         on_link, server_options = entry
         n = next(net._counter)
-        client = MemoryLink(asyncio.Queue(net._queue_size), options, remote=url)
-        server = MemoryLink(asyncio.Queue(net._queue_size), server_options, remote=f"memory://client-{n}")
+        client = MemoryLink(options, remote=url, queue_size=net._queue_size)
+        server = MemoryLink(server_options, remote=f"memory://client-{n}", queue_size=net._queue_size)
         client._peer, server._peer = server, client
         net._links += [client, server]
 

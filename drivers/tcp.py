@@ -110,10 +110,11 @@ class _FrameProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.error is not None:
             return
-        try:
-            frames = self._decoder.feed(data)
-        except FrameError as exc:
-            self.error = exc
+        frames, error = self._decoder.feed_partial(data)
+        if error is not None:
+            # Frames completed before the bad bytes are delivered first.
+            self.frames.extend(frames)
+            self.error = error
             assert self.transport is not None
             self.transport.abort()
             self._wake()
