@@ -255,6 +255,13 @@ class Cell:
         return [listener.url for listener in self._listeners]
 
     @property
+    def parent_transport(self) -> str | None:
+        """The URL scheme of the link to the parent (``grpc``, ``redis``, ...)
+        while linked; with several parent URLs this tells which one is in use."""
+        url = self.parent_url
+        return url.split("://", 1)[0].lower() if url else None
+
+    @property
     def parent(self) -> str | None:
         """The parent cell's name while linked to it."""
         return self._parent
@@ -693,7 +700,9 @@ class Cell:
         try:
             await peer.run(self._on_frame)
         except (ProtocolError, TransportError) as exc:
-            log.warning("%s: link to %s ended: %s", self.name, peer.name, exc)
+            # While this cell closes, its peers close too: no news then.
+            level = logging.DEBUG if self._closed else logging.WARNING
+            log.log(level, "%s: link to %s ended: %s", self.name, peer.name, exc)
         finally:
             if self._links.get(peer.name) is peer:
                 del self._links[peer.name]
@@ -745,6 +754,13 @@ class Cell:
                 self._refused = None
                 self._parent = peer.name
                 self.parent_url = url
+                if url == self.parent_urls[0]:
+                    log.info("%s: linked to parent %s at %s", self.name, peer.name, url)
+                else:
+                    log.warning(
+                        "%s: linked to parent %s at %s (fallback; %s)",
+                        self.name, peer.name, url, self._last_dial_error,
+                    )
                 backoff = t.backoff_initial
                 await self._run_link(peer)
                 self.parent_url = None

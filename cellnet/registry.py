@@ -30,10 +30,28 @@ ENTRY_POINT_GROUP = "cellnet.drivers"
 #: scheme -> "module:Class" of the drivers that ship with cellnet
 BUILTIN: Mapping[str, str] = {
     "tcp": "cellnet.drivers.tcp:TcpDriver",
+    "tls": "cellnet.drivers.tcp:TcpDriver",
+    "grpc": "cellnet.drivers.grpc:GrpcDriver",
+    "grpcs": "cellnet.drivers.grpc:GrpcDriver",
+    "http": "cellnet.drivers.websocket:WebSocketDriver",
+    "https": "cellnet.drivers.websocket:WebSocketDriver",
+    "ws": "cellnet.drivers.websocket:WebSocketDriver",
+    "wss": "cellnet.drivers.websocket:WebSocketDriver",
+    "redis": "cellnet.drivers.redis:RedisDriver",
+    "rediss": "cellnet.drivers.redis:RedisDriver",
 }
 
 #: scheme -> the extra that installs its dependencies
-EXTRAS: Mapping[str, str] = {}
+EXTRAS: Mapping[str, str] = {
+    "grpc": "grpc",
+    "grpcs": "grpc",
+    "http": "http",
+    "https": "http",
+    "ws": "http",
+    "wss": "http",
+    "redis": "redis",
+    "rediss": "redis",
+}
 
 
 def scheme_of(url: str) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
@@ -39,14 +39,18 @@ def load(path: Path) -> Config:
         raise fail(str(exc), 2) from None
 
 
-def _loopback(url: str) -> str:
-    """A listen URL on a wildcard address, made dialable from this host."""
+def _dialable(url: str, name: str) -> str:
+    """A cell's listen URL made dialable from this host: a wildcard address
+    becomes loopback, and a Redis inbox URL names the cell to reach."""
     parts = urlsplit(url)
     host = parts.hostname or ""
     if host in ("0.0.0.0", "::", ""):
         netloc = parts.netloc.replace(host, "127.0.0.1" if host != "::" else "[::1]", 1)
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
+        parts = parts._replace(netloc=netloc)
+    if parts.scheme.lower() in ("redis", "rediss"):
+        query = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "cell"]
+        parts = parts._replace(query=urlencode([*query, ("cell", name)]))
+    return urlunsplit(parts)
 
 
 async def join(config: Config, *, timeout: float | None = None) -> tuple[Cell, str | None]:
@@ -59,12 +63,15 @@ async def join(config: Config, *, timeout: float | None = None) -> tuple[Cell, s
     """
     wait = timeout if timeout is not None else config.timeouts.connect
     alias = f"{config.name}-cli-{os.getpid()}"
+    tls = config.tls.settings() if config.tls is not None else None
     if config.cell.parent:
         cell = Cell(
             config.name,
             parent=config.cell.parent,
             limits=config.limits,
             timeouts=config.timeouts,
+            policy=config.policy,
+            tls=tls,
         )
         try:
             await cell.start(wait_parent=wait)
@@ -74,9 +81,11 @@ async def join(config: Config, *, timeout: float | None = None) -> tuple[Cell, s
         parents = config.cell.parent
         note = f"cell {config.name} is live; joined as {alias}"
     else:
-        parents = tuple(_loopback(u) for u in config.cell.listen)
+        parents = tuple(_dialable(u, config.name) for u in config.cell.listen)
         note = f"joined the live cell {config.name} as {alias}"
-    cell = Cell(alias, parent=parents, limits=config.limits, timeouts=config.timeouts)
+    cell = Cell(
+        alias, parent=parents, limits=config.limits, timeouts=config.timeouts, policy=config.policy, tls=tls
+    )
     try:
         await cell.start(wait_parent=wait)
     except CellnetError:

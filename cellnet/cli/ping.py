@@ -31,6 +31,8 @@ class PingResult:
     rtt_median_us: float
     rtt_p99_us: float
     mb_per_s: float
+    #: the parent URL the tool was linked through (the active transport)
+    via: str | None = None
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -70,6 +72,7 @@ async def ping(
             rtt_median_us=statistics.median(rtts) * 1e6,
             rtt_p99_us=percentile(rtts, 99) * 1e6,
             mb_per_s=(2 * size * count / total / 1e6) if total > 0 else 0.0,
+            via=cell.parent_url,
         )
         return result, note
     finally:
@@ -109,6 +112,8 @@ def ping_command(
     if note:
         err_console.print(note, highlight=False)
     typer.echo(f"route: {' -> '.join(result.route)}")
+    if result.via:
+        typer.echo(f"via: {result.via}")
     typer.echo(
         f"{result.count} x {format_size(result.size)}: rtt min/median/p99 = "
         f"{result.rtt_min_us / 1000:.3f}/{result.rtt_median_us / 1000:.3f}/"

@@ -58,3 +58,27 @@ def test_tcp_url(url: str, expected: tuple[str, int]) -> None:
 def test_bad_tcp_url(url: str) -> None:
     with pytest.raises(ConfigError):
         parse_tcp_url(url)
+
+
+@pytest.mark.parametrize(
+    ("scheme", "module", "extra"),
+    [("grpc", "grpc", "grpc"), ("grpcs", "grpc", "grpc"), ("redis", "redis", "redis"), ("https", "aiohttp", "http")],
+)
+def test_builtin_driver_without_its_extra_names_the_extra(
+    monkeypatch: pytest.MonkeyPatch, scheme: str, module: str, extra: str
+) -> None:
+    import sys
+
+    # As if the library were not installed: importing it fails.
+    monkeypatch.setitem(sys.modules, module, None)
+    for name in [n for n in sys.modules if n.startswith("cellnet.drivers.")]:
+        if name not in ("cellnet.drivers.tcp", "cellnet.drivers.memory"):
+            monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(DriverUnavailable, match=rf'the {scheme}:// driver .*pip install "cellnet\[{extra}\]"'):
+        DriverRegistry().get(scheme)
+
+
+@pytest.mark.parametrize("scheme", ["tcp", "tls", "grpc", "grpcs", "http", "https", "ws", "wss", "redis", "rediss"])
+def test_every_builtin_scheme_loads(scheme: str) -> None:
+    driver = DriverRegistry().get(scheme)
+    assert scheme in driver.schemes
