@@ -56,6 +56,13 @@ from .errors import InvalidRunConfig, RunFailed
 from .metrics import SCHEMA, RunMetrics, StreamEvent, StreamParser
 from .procs import LOCALHOST, ManagedProcess, PortAllocator, ProcessGroup
 
+#: drivers whose cells meet at a broker that the run starts (no listen port)
+BROKERED = frozenset({"redis"})
+#: the Redis key namespace of a local federation's bus
+BUS_NAMESPACE = "cellnet-flower"
+#: what ``cellnet run`` prints once its cell is started
+CELL_READY = " running ("
+
 _log = logging.getLogger(__name__)
 
 Mode: TypeAlias = Literal["direct", "bus"]
@@ -346,22 +353,36 @@ class _Runner:
         def cell(config: Path) -> list[str]:
             return [self.python, "-m", "cellnet", "run", "-c", str(config)]
 
-        def server_argv(port: int) -> list[str]:
+        def server_argv(listen: str) -> list[str]:
             path = root / "server.toml"
-            path.write_text(server_cell_config(driver, port, superlink_port), encoding="utf-8")
+            path.write_text(server_cell_config(listen, superlink_port), encoding="utf-8")
             return cell(path)
 
         self.emit(Stage("cells", "starting the server cell"))
-        _, bus_port = await self.procs.start_listening(
-            "cell-server", server_argv, self.ports, timeout=self.timeout
-        )
+        if driver in BROKERED:
+            # Cells meet at a broker: start a private one; the server cell
+            # opens no port, so its readiness is its start-up line.
+            broker = await self.start_redis()
+            listen, parent = f"{broker}?ns={BUS_NAMESPACE}", f"{broker}?ns={BUS_NAMESPACE}&cell=server"
+            proc = self.procs.start("cell-server", server_argv(listen))
+            await self.procs.wait_until(
+                proc, lambda: _log_says(proc.log_path, CELL_READY), what="running", timeout=self.timeout
+            )
+        else:
+            _, bus_port = await self.procs.start_listening(
+                "cell-server",
+                lambda port: server_argv(f"{driver}://{LOCALHOST}:{port}"),
+                self.ports,
+                timeout=self.timeout,
+            )
+            parent = f"{driver}://{LOCALHOST}:{bus_port}"
 
         async def start_site(index: int) -> str:
             name = f"site-{index}"
 
             def site_argv(port: int) -> list[str]:
                 path = root / f"{name}.toml"
-                path.write_text(site_cell_config(name, driver, bus_port, port), encoding="utf-8")
+                path.write_text(site_cell_config(name, parent, port), encoding="utf-8")
                 return cell(path)
 
             _, lgs_port = await self.procs.start_listening(
@@ -371,8 +392,23 @@ class _Runner:
 
         self.emit(Stage("cells", f"starting {clients} client cells"))
         fleet = await _all([start_site(i) for i in range(1, clients + 1)])
-        self.emit(Stage("cells", f"ready: server on {driver}://{LOCALHOST}:{bus_port}"))
+        self.emit(Stage("cells", f"ready: client cells dial {parent}"))
         return fleet
+
+    async def start_redis(self) -> str:
+        """Start a private redis-server for the ``redis`` driver; return its URL."""
+        from cellnet.drivers.redis_server import HOW_TO_INSTALL, find_redis_server, private_server_args
+
+        binary = find_redis_server()
+        if binary is None:
+            raise InvalidRunConfig(f"--driver redis: {HOW_TO_INSTALL}")
+        folder = self.layout.root / "redis"
+        folder.mkdir(parents=True, exist_ok=True)
+        _, port = await self.procs.start_listening(
+            "redis-server", lambda port: private_server_args(binary, port, folder), self.ports, timeout=self.timeout
+        )
+        self.emit(Stage("cells", f"redis-server ready on {LOCALHOST}:{port}"))
+        return f"redis://{LOCALHOST}:{port}/0"
 
     async def start_supernodes(self, fleet: Sequence[str]) -> None:
         clients = len(fleet)
@@ -492,26 +528,35 @@ def cli_config(address: str) -> str:
     )
 
 
-def server_cell_config(driver: str, bus_port: int, superlink_port: int) -> str:
-    """Config of the server cell: listens for client cells, forwards to the SuperLink."""
+def server_cell_config(listen: str, superlink_port: int) -> str:
+    """Config of the server cell: listens for client cells on ``listen``,
+    forwards to the SuperLink."""
     return (
         "[cell]\n"
         'name = "server"\n'
-        f'listen = ["{driver}://{LOCALHOST}:{bus_port}"]\n'
+        f'listen = ["{listen}"]\n'
         "[flower]\n"
         f'superlink = "{LOCALHOST}:{superlink_port}"\n'
     )
 
 
-def site_cell_config(name: str, driver: str, bus_port: int, lgs_port: int) -> str:
-    """Config of a client cell: joins the server, serves a Fleet API to its SuperNode."""
+def site_cell_config(name: str, parent: str, lgs_port: int) -> str:
+    """Config of a client cell: joins the server at ``parent``, serves a
+    Fleet API to its SuperNode."""
     return (
         "[cell]\n"
         f'name = "{name}"\n'
-        f'parent = "{driver}://{LOCALHOST}:{bus_port}"\n'
+        f'parent = "{parent}"\n'
         "[flower]\n"
         f'listen = "{LOCALHOST}:{lgs_port}"\n'
     )
+
+
+async def _log_says(path: Path, text: str) -> bool:
+    try:
+        return text in path.read_text(errors="replace")
+    except FileNotFoundError:
+        return False
 
 
 # -- helpers ---------------------------------------------------------------------

@@ -98,13 +98,13 @@ def test_bus_mode_cell_configs_are_valid(tmp_path: Path) -> None:
     from cellnet.config import load_config
 
     server = tmp_path / "server.toml"
-    server.write_text(federation.server_cell_config("tcp", 7001, 7000))
+    server.write_text(federation.server_cell_config("tcp://127.0.0.1:7001", 7000))
     assert server.read_text() == (
         '[cell]\nname = "server"\nlisten = ["tcp://127.0.0.1:7001"]\n'
         '[flower]\nsuperlink = "127.0.0.1:7000"\n'
     )
     site = tmp_path / "site-1.toml"
-    site.write_text(federation.site_cell_config("site-1", "tcp", 7001, 7002))
+    site.write_text(federation.site_cell_config("site-1", "tcp://127.0.0.1:7001", 7002))
     assert site.read_text() == (
         '[cell]\nname = "site-1"\nparent = "tcp://127.0.0.1:7001"\n'
         '[flower]\nlisten = "127.0.0.1:7002"\n'
