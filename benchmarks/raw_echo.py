@@ -8,20 +8,20 @@ can approach. It prints RTT min/median/p99 and MB/s as JSON.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
-import multiprocessing
+import multiprocessing.connection
 import os
 import socket
-import statistics
 import struct
 import time
+
+from ._stats import echo_parser, spawned_server, summarize
 
 _LEN = struct.Struct("!I")
 
 
-async def _serve(port_out: "multiprocessing.connection.Connection") -> None:
+async def _serve(port_out: multiprocessing.connection.Connection) -> None:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while True:
@@ -35,10 +35,6 @@ async def _serve(port_out: "multiprocessing.connection.Connection") -> None:
     server = await asyncio.start_server(handle, "127.0.0.1", 0, limit=1 << 20)
     port_out.send(server.sockets[0].getsockname()[1])
     await asyncio.Event().wait()
-
-
-def _server_main(conn: "multiprocessing.connection.Connection") -> None:
-    asyncio.run(_serve(conn))
 
 
 async def _client(port: int, size: int, count: int, warmup: int) -> dict[str, float]:
@@ -55,35 +51,17 @@ async def _client(port: int, size: int, count: int, warmup: int) -> dict[str, fl
         if i >= warmup:
             rtts.append(time.perf_counter() - t0)
     writer.close()
-    rtts.sort()
-    return {
-        "size": size,
-        "count": count,
-        "rtt_min_us": rtts[0] * 1e6,
-        "rtt_median_us": statistics.median(rtts) * 1e6,
-        "rtt_p99_us": rtts[min(len(rtts) - 1, int(len(rtts) * 0.99))] * 1e6,
-        "mb_per_s": 2 * size * count / sum(rtts) / 1e6,
-    }
+    return summarize(rtts, size)
 
 
 def measure(size: int, count: int, warmup: int = 50) -> dict[str, float]:
     """Run the echo server in a child process and measure ``count`` round trips."""
-    parent, child = multiprocessing.Pipe()
-    proc = multiprocessing.get_context("spawn").Process(target=_server_main, args=(child,), daemon=True)
-    proc.start()
-    try:
-        port = parent.recv()
+    with spawned_server(_serve) as port:
         return asyncio.run(_client(port, size, count, warmup))
-    finally:
-        proc.kill()
-        proc.join()
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--count", type=int, default=2000)
-    args = parser.parse_args()
+    args = echo_parser(__doc__).parse_args()
     print(json.dumps(measure(args.size, args.count)))
 
 
