@@ -73,11 +73,18 @@ async def join(config: Config, *, timeout: float | None = None) -> tuple[Cell, s
             policy=config.policy,
             tls=tls,
         )
+        # A live cell of that name refuses ours: expected here, so the
+        # cell's warning about it is not shown; the note says what happened.
+        cell_log = logging.getLogger("cellnet.cell")
+        level = cell_log.level
+        cell_log.setLevel(max(level, logging.ERROR))
         try:
             await cell.start(wait_parent=wait)
             return cell, None
         except NameInUse:
             await cell.aclose()
+        finally:
+            cell_log.setLevel(level)
         parents = config.cell.parent
         note = f"cell {config.name} is live; joined as {alias}"
     else:
