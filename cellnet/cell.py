@@ -58,6 +58,8 @@ from .names import validate_name
 from .once import ReplyCache
 from .registry import DriverRegistry, default_registry
 from .tls import TlsSettings
+from .introspect import Counters
+from .introspect import install as install_introspection
 from .routing import loop_reason, next_hop
 
 log = logging.getLogger("cellnet.cell")
@@ -161,6 +163,11 @@ class Cell:
         self._started = False
         self._closed = False
         self.on(SYSTEM_CHANNEL, ECHO_TOPIC)(self._echo)
+        #: messages handled since the start (see :mod:`cellnet.introspect`)
+        self.counters = Counters()
+        #: ``time.monotonic()`` at :meth:`start`
+        self.started_at: float | None = None
+        install_introspection(self, SYSTEM_CHANNEL, ECHO_TOPIC)
 
     @classmethod
     def from_config(
@@ -188,6 +195,7 @@ class Cell:
         """
         if not self._started:
             self._started = True
+            self.started_at = time.monotonic()
             for url in self.listen_urls:
                 driver = self._registry.for_url(url)
                 listener = await driver.listen(url, self._accept, self._options)
@@ -350,6 +358,7 @@ class Cell:
             reliable=reliable,
             hops=(self.name,),
         )
+        self.counters.requests_sent += 1
         if dst == self.name:
             return await self._local_request(msg, budget)
         while True:
@@ -513,11 +522,15 @@ class Cell:
         if frame.header.get("d") != self.name:
             return self._forward(link, frame)
         msg = Message.from_frame(frame, hop=self.name)
+        counters = self.counters
         if msg.type is MsgType.REPLY:
+            counters.replies_received += 1
             self._on_reply(msg)
         elif msg.type is MsgType.REQUEST:
+            counters.requests_served += 1
             self._spawn(self._serve_request(msg))
         else:
+            counters.sends_delivered += 1
             self._spawn(self._deliver_send(msg))
         return None
 
@@ -565,6 +578,7 @@ class Cell:
         elif mtype == MsgType.REPLY:
             self._relayed.pop(h.get("r"), None)  # type: ignore[arg-type]
         hops.append(self.name)
+        self.counters.relayed += 1
         try:
             await link.send_frame(frame)
         except TransportError as exc:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import ping, run
+from . import inspect, ping, run
 
 app = typer.Typer(
     name="cellnet",
@@ -19,6 +19,8 @@ app = typer.Typer(
 )
 app.command("run")(run.run_command)
 app.command("ping")(ping.ping_command)
+app.command("status")(inspect.status_command)
+app.command("route")(inspect.route_command)
 
 
 def _add_flower() -> None:
