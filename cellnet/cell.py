@@ -54,10 +54,11 @@ from .errors import (
 )
 from .links import PeerInfo, PeerLink, accept_handshake, dial_handshake
 from .message import DEFAULT_MAX_HOPS, Message, MsgType, Status
-from .names import validate_name
+from .names import is_ancestor, validate_name
 from .once import ReplyCache
 from .registry import DriverRegistry, default_registry
 from .tls import TlsSettings
+from .direct import DirectLinks
 from .introspect import Counters
 from .introspect import install as install_introspection
 from .routing import loop_reason, next_hop
@@ -127,6 +128,7 @@ class Cell:
         *,
         parent: str | Sequence[str] | None = None,
         listen: Sequence[str] = (),
+        advertise: Sequence[str] = (),
         limits: Limits | None = None,
         timeouts: Timeouts | None = None,
         policy: Policy | None = None,
@@ -138,6 +140,8 @@ class Cell:
             parent = [parent]
         self.parent_urls: tuple[str, ...] = tuple(parent or ())
         self.listen_urls: tuple[str, ...] = tuple(listen)
+        #: URLs other cells dial for a direct link (default: the bound listen URLs)
+        self.advertise_urls: tuple[str, ...] = tuple(advertise)
         self.limits = limits or Limits()
         self.timeouts = timeouts or Timeouts()
         self.policy = policy or Policy()
@@ -168,6 +172,8 @@ class Cell:
         #: ``time.monotonic()`` at :meth:`start`
         self.started_at: float | None = None
         install_introspection(self, SYSTEM_CHANNEL, ECHO_TOPIC)
+        self._direct = DirectLinks(self, SYSTEM_CHANNEL)
+        self._wants_direct = bool(self.policy.direct)
 
     @classmethod
     def from_config(
@@ -177,6 +183,7 @@ class Cell:
             config.cell.name,
             parent=config.cell.parent,
             listen=config.cell.listen,
+            advertise=config.cell.advertise,
             limits=config.limits,
             timeouts=config.timeouts,
             policy=config.policy,
@@ -262,6 +269,13 @@ class Cell:
         """The bound URLs of the listeners (port 0 resolved)."""
         return [listener.url for listener in self._listeners]
 
+    def is_direct(self, peer: PeerLink) -> bool:
+        """Whether ``peer`` is a direct link: neither our parent nor a cell
+        that reached us as its parent or ancestor."""
+        if peer.direct:
+            return True
+        return bool(self.parent_urls) and not peer.dialed and not is_ancestor(self.name, peer.name)
+
     @property
     def parent_transport(self) -> str | None:
         """The URL scheme of the link to the parent (``grpc``, ``redis``, ...)
@@ -287,6 +301,7 @@ class Cell:
                 "sent": link.sent,
                 "received": link.received,
                 "since": link.since,
+                "direct": self.is_direct(link),
             }
             for link in self._links.values()
         ]
@@ -392,6 +407,8 @@ class Cell:
             hop = self._route(msg.dst)
             if hop is None:
                 raise Unreachable(f"no route from {self.name} to {msg.dst}")
+            if self._wants_direct and hop != msg.dst:
+                self._direct.want(msg.dst)
             link = self._links[hop]
             pending.via = hop
             self._check_peer_limit(link, msg)
@@ -457,6 +474,8 @@ class Cell:
         hop = self._route(dst)
         if hop is None:
             raise Unreachable(f"no route from {self.name} to {dst}")
+        if self._wants_direct and hop != dst:
+            self._direct.want(dst)
         link = self._links[hop]
         self._check_peer_limit(link, msg)
         try:
@@ -683,6 +702,8 @@ class Cell:
             raise HandshakeError(f"peer claims this cell's own name {info.name!r}")
         if info.name in self._links:
             raise NameInUse(f"cell name {info.name!r} is already linked to {self.name}")
+        if not self._direct.admits(info.name):
+            raise HandshakeError(f"{self.name}'s policy does not allow a link from {info.name!r}")
 
     async def _accept(self, link: Link) -> None:
         if self._closed:
@@ -722,6 +743,8 @@ class Cell:
                 del self._links[peer.name]
             if self._parent == peer.name and peer.dialed:
                 self._parent = None
+            if self.is_direct(peer):
+                self._direct.lost(peer.name)
             self._link_lost(peer.name, peer.close_reason or "link closed")
             self._notify_route_change()
 

@@ -59,11 +59,17 @@ defaults::
     backoff_initial = 0.1      # first wait before reconnecting
     backoff_max = 5.0          # longest wait between reconnects;
                                # must be >= backoff_initial
+    direct_retry = 2.0         # first wait before a failed or broken direct
+                               # link is tried again (doubles while it fails)
+    direct_retry_max = 300.0   # longest wait between direct-link attempts
 
     [policy]
     # Name patterns of the cells this cell may link to directly instead of
     # through the server: "*" matches any characters (dots included), "?"
     # one character, e.g. ["site-*"]. Default: none (everything is relayed).
+    # Both cells must name each other, and the one that is dialed needs a
+    # listen URL (see cellnet.direct). A cell with a parent accepts links
+    # only from the cells named here and from cells below it.
     direct = []
 
     [tls]
@@ -324,6 +330,9 @@ class Timeouts:
     request: float = _key(30.0, parse=_seconds)
     backoff_initial: float = _key(0.1, parse=_seconds)
     backoff_max: float = _key(5.0, parse=_seconds)
+    #: first wait before a direct link is tried again (doubles while it fails)
+    direct_retry: float = _key(2.0, parse=_seconds)
+    direct_retry_max: float = _key(300.0, parse=_seconds)
 
 
 @dataclass(frozen=True, slots=True)

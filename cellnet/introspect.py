@@ -16,10 +16,11 @@ Every cell answers two requests on the system channel (``cellnet``):
                       "sends_delivered": 0, "relayed": 0,
                       "replies_received": 3}}
 
-    ``role`` is ``parent`` (the link this cell dialed to its parent) or
-    ``child`` (a cell that dialed this one); ``path`` is ``relay`` for both
-    (traffic between other cells may cross them). ``cellnet status -c``
-    prints it.
+    ``role`` is ``parent`` (the link this cell dialed to its parent),
+    ``child`` (a cell that dialed this one as its parent) or ``direct`` (a
+    direct link between two cells, see :mod:`cellnet.direct`); ``path`` is
+    ``direct`` for direct links and ``relay`` for the others (traffic
+    between other cells may cross them). ``cellnet status -c`` prints it.
 
 ``trace`` (payload: the destination's name)
     The cell sends an echo request to the destination and answers with the
@@ -71,14 +72,19 @@ def status(cell: Cell) -> dict[str, Any]:
     """The cell's status as a JSON-able mapping (see the module docs)."""
     links = []
     for info in cell.link_info():
-        role = "parent" if info["peer"] == cell.parent and info["dialed"] else "child"
+        if info["direct"]:
+            role = "direct"
+        elif info["peer"] == cell.parent and info["dialed"]:
+            role = "parent"
+        else:
+            role = "child"
         links.append(
             {
                 "peer": info["peer"],
                 "url": info["url"],
                 "transport": _scheme(info["url"]),
                 "role": role,
-                "path": "relay",
+                "path": "direct" if info["direct"] else "relay",
                 "sent": info["sent"],
                 "received": info["received"],
                 "since": info["since"],

@@ -163,6 +163,8 @@ class PeerLink:
         self.received = 0
         self.since = time.time()
         self.close_reason: str | None = None
+        #: a direct link between two cells that otherwise talk through the relay
+        self.direct = False
 
     @property
     def name(self) -> str:
