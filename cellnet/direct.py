@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgpack
 
-from .errors import CellnetError, HandshakeError, NameInUse, ProtocolError, TransportError
+from .errors import CellnetError, NameInUse, ProtocolError
 from .message import Message
 from .names import is_ancestor
 
@@ -218,11 +218,9 @@ class DirectLinks:
                 peer = await cell._dial(url)
             except NameInUse:
                 return None if name in cell._links else f"{url}: {name} refused: already linked"
-            except (TransportError, ProtocolError, HandshakeError) as exc:
-                errors.append(f"{url}: {exc}")
-                continue
-            except CellnetError as exc:  # e.g. an unknown scheme
-                errors.append(f"{url}: {exc}")
+            except CellnetError as exc:  # transport, handshake, an unknown scheme
+                text = str(exc)
+                errors.append(text if text.startswith(url) else f"{url}: {text}")
                 continue
             if peer.name != name:
                 await peer.link.aclose()
