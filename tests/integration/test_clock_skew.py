@@ -14,7 +14,7 @@ import pytest
 
 from cellnet import Cell
 from cellnet.config import Timeouts
-from tests.helpers import Proc, cellnet_cmd, free_port, wait_port, write_config
+from tests.helpers import Proc, free_port, wait_port, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
