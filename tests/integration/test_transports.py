@@ -24,6 +24,7 @@ from cellnet import Cell
 from cellnet.config import Timeouts
 from cellnet.testing import make_tls_kit
 from tests.helpers import Proc, cellnet_cmd, free_port, wait_port, write_config
+from tests.proxy import FaultProxy
 from tests.redis_server import RedisServer, find_redis_server
 
 pytestmark = pytest.mark.timeout(90)
@@ -145,52 +146,6 @@ async def test_server_on_grpc_and_redis_relays_between_sites(redis: RedisServer)
             assert sorted(server.peers) == ["site-1", "site-2"]
 
 
-class _Gate:
-    """A TCP forwarder in front of a listener that a test can open and shut.
-
-    Shut, it refuses new connections and cuts the ones it carries: the
-    transport behind it is blocked as a firewall would block it.
-    """
-
-    def __init__(self, target_port: int) -> None:
-        self.target_port = target_port
-        self.port = free_port()
-        self._server: asyncio.base_events.Server | None = None
-        self._conns: set[asyncio.StreamWriter] = set()
-
-    async def open(self) -> None:
-        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
-
-    async def shut(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            await self._server.wait_closed()
-            self._server = None
-        for writer in list(self._conns):
-            writer.transport.abort()
-        self._conns.clear()
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
-        except OSError:
-            writer.transport.abort()
-            return
-        self._conns |= {writer, up_writer}
-
-        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            try:
-                while data := await src.read(65536):
-                    dst.write(data)
-                    await dst.drain()
-            except (OSError, asyncio.CancelledError):
-                pass
-            finally:
-                dst.transport.abort()
-
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-
-
 async def test_fallback_to_the_next_parent_url_when_the_first_is_blocked(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -198,7 +153,7 @@ async def test_fallback_to_the_next_parent_url_when_the_first_is_blocked(
     async with Cell(
         "server", listen=[f"grpc://127.0.0.1:{grpc_port}", f"http://127.0.0.1:{ws_port}"], timeouts=FAST
     ) as server:
-        gate = _Gate(grpc_port)
+        gate = FaultProxy(grpc_port)
         await gate.open()
         parents = [f"grpc://127.0.0.1:{gate.port}", f"http://127.0.0.1:{ws_port}"]
         try:
