@@ -173,6 +173,7 @@ async def run_federation(
     workdir: Path | None = None,
     keep_workdir: bool = False,
     driver: str = "tcp",
+    site_parent: Callable[[str, str], str] | None = None,
     on_event: EventCallback | None = None,
     startup_timeout: float = 90.0,
     run_timeout: float = 3600.0,
@@ -186,7 +187,9 @@ async def run_federation(
     SuperLink. ``run_config`` overrides keys of ``[tool.flwr.app.config]``
     (a mapping, or ``KEY=VALUE`` strings). ``on_event`` receives
     :class:`Stage` and :mod:`~.metrics` events as they happen. ``out`` gets
-    the JSON document described in :mod:`~.metrics`.
+    the JSON document described in :mod:`~.metrics`. ``site_parent(name,
+    url)`` may replace the parent URL a client cell dials (for example to
+    route one site through a proxy in tests); it is called once per site.
 
     The run folder is ``workdir`` if given (kept), else a temporary folder
     that is removed after a successful run unless ``keep_workdir``; after a
@@ -217,7 +220,7 @@ async def run_federation(
     try:
         procs = ProcessGroup(layout.logs, env=flower_env, python=python)
         async with procs:
-            runner = _Runner(procs, flower, layout, emit, startup_timeout, python)
+            runner = _Runner(procs, flower, layout, emit, startup_timeout, python, site_parent)
             app_copy = runner.copy_app(app.path)
             superlink_port = await runner.start_superlink()
             if mode == "bus":
@@ -304,7 +307,9 @@ class _Runner:
         emit: EventCallback,
         startup_timeout: float,
         python: str | Path | None,
+        site_parent: Callable[[str, str], str] | None = None,
     ) -> None:
+        self.site_parent = site_parent
         self.procs = procs
         self.flower = flower
         self.layout = layout
@@ -379,10 +384,11 @@ class _Runner:
 
         async def start_site(index: int) -> str:
             name = f"site-{index}"
+            dial = self.site_parent(name, parent) if self.site_parent is not None else parent
 
             def site_argv(port: int) -> list[str]:
                 path = root / f"{name}.toml"
-                path.write_text(site_cell_config(name, parent, port), encoding="utf-8")
+                path.write_text(site_cell_config(name, dial, port), encoding="utf-8")
                 return cell(path)
 
             _, lgs_port = await self.procs.start_listening(
