@@ -230,8 +230,10 @@ class PeerLink:
             self.close_reason = reason
         if not self.link.closed:
             try:
-                await asyncio.wait_for(self.link.send(Frame(Kind.BYE)), 1.0)
-            except (CellnetError, asyncio.TimeoutError):
+                # Not wait_for: on 3.11 it can leave the send's error unretrieved.
+                async with asyncio.timeout(1.0):
+                    await self.link.send(Frame(Kind.BYE))
+            except (CellnetError, TimeoutError):
                 pass
         await self.link.aclose()
 
