@@ -417,6 +417,7 @@ class Cell:
             try:
                 await link.send(msg)
             except TransportError as exc:
+                self._link_failed(link)
                 raise LinkLost(f"link to {hop} failed while sending: {exc}") from None
             return await future
         finally:
@@ -481,6 +482,7 @@ class Cell:
         try:
             await link.send(msg)
         except TransportError as exc:
+            self._link_failed(link)
             raise LinkLost(f"link to {hop} failed while sending: {exc}") from None
 
     async def broadcast(
@@ -741,11 +743,20 @@ class Cell:
         finally:
             if self._links.get(peer.name) is peer:
                 del self._links[peer.name]
-            if self._parent == peer.name and peer.dialed:
+            if self._parent == peer.name and peer.dialed and peer.name not in self._links:
                 self._parent = None
             if self.is_direct(peer):
                 self._direct.lost(peer.name)
             self._link_lost(peer.name, peer.close_reason or "link closed")
+            self._notify_route_change()
+
+    def _link_failed(self, peer: PeerLink) -> None:
+        """A send on ``peer`` failed: route around it now, before its receive
+        loop notices (which then fails what depended on it)."""
+        if self._links.get(peer.name) is peer:
+            del self._links[peer.name]
+            if self._parent == peer.name and peer.dialed:
+                self._parent = None
             self._notify_route_change()
 
     def _link_lost(self, name: str, reason: str) -> None:
