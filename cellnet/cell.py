@@ -148,7 +148,7 @@ class Cell:
         self._registry = _as_registry(drivers)
         # Resolve drivers now: an unknown scheme is a construction error.
         for url in self.parent_urls + self.listen_urls:
-            self._registry.for_url(url)
+            self._registry.for_url(url).check_url(url)
         self._options = LinkOptions(
             limits=FrameLimits(self.limits.max_header, self.limits.max_message),
             connect_timeout=self.timeouts.connect,
@@ -572,7 +572,7 @@ class Cell:
         hop = None if reason else self._route(dst)
         if hop is None or (hop == came_from.name and hop != dst):
             if mtype == MsgType.REQUEST:
-                why = reason or f"{self.name} has no route to {dst}"
+                why = reason or f"no route to {dst}"
                 await self._reply_error(Message.from_frame(frame), Status.UNREACHABLE, why)
             else:
                 log.debug("%s: dropping a message for %s: no route", self.name, dst)
@@ -715,6 +715,12 @@ class Cell:
             info, frames = await accept_handshake(
                 link, self.name, self.limits.max_message, self.timeouts.handshake, self._admit
             )
+        except NameInUse as exc:
+            # Usually a tool joining beside a live cell of that name (it then
+            # joins under a name of its own); the claimant logs a warning.
+            log.info("%s: refused a link from %s: %s", self.name, link.remote, exc)
+            await link.aclose()
+            return
         except (ProtocolError, TransportError) as exc:
             log.warning("%s: refused a link from %s: %s", self.name, link.remote, exc)
             await link.aclose()
@@ -798,13 +804,15 @@ class Cell:
                     self._last_dial_error = text if text.startswith(url) else f"{url}: {text}"
                     log.info("%s: cannot link to parent at %s: %s", self.name, url, exc)
                     continue
+                except CellnetError as exc:  # a URL its driver refuses: try the next
+                    self._last_dial_error = f"{url}: {exc}"
+                    log.error("%s: cannot use parent URL %s: %s", self.name, url, exc)
+                    continue
                 linked = True
                 self._refused = None
                 self._parent = peer.name
                 self.parent_url = url
-                if url == self.parent_urls[0]:
-                    log.info("%s: linked to parent %s at %s", self.name, peer.name, url)
-                else:
+                if url != self.parent_urls[0]:
                     log.warning(
                         "%s: linked to parent %s at %s (fallback; %s)",
                         self.name, peer.name, url, self._last_dial_error,

@@ -126,7 +126,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from .errors import ConfigError, InvalidCellName
+from .errors import CellnetError, ConfigError, DriverUnavailable, InvalidCellName
 from .names import match_pattern, validate_name
 from .sizes import KiB, MiB, parse_size
 from .sizes import _show  # one spelling of values in every error
@@ -182,7 +182,25 @@ def _url(value: object, key: str, ctx: _Ctx) -> str:
         raise ctx.error(key, _URL_EXPECTED, value, str(e).lower()) from None
     if parts.scheme.lower() != scheme.lower():
         raise ctx.error(key, _URL_EXPECTED, value, f'invalid scheme "{scheme}"')
-    return scheme.lower() + value[len(scheme) :]
+    url = scheme.lower() + value[len(scheme) :]
+    _check_with_driver(url, key, ctx)
+    return url
+
+
+def _check_with_driver(url: str, key: str, ctx: _Ctx) -> None:
+    """The URL's driver checks the rest (port, path, query); an unknown
+    scheme names the known ones. A driver whose extra is not installed is
+    reported when the cell starts, with the command that installs it."""
+    from .registry import default_registry
+
+    try:
+        default_registry().for_url(url).check_url(url)
+    except DriverUnavailable:
+        return
+    except CellnetError as exc:
+        text = str(exc)
+        prefix = f"{url!r}: "
+        raise ctx.error(key, _URL_EXPECTED, url, text[len(prefix):] if text.startswith(prefix) else text) from None
 
 
 def _urls(value: object, key: str, ctx: _Ctx) -> tuple[str, ...]:

@@ -117,3 +117,8 @@ class Driver(abc.ABC):
 
     @abc.abstractmethod
     async def listen(self, url: str, on_link: OnLink, options: LinkOptions) -> Listener: ...
+
+    def check_url(self, url: str) -> None:
+        """Raise :class:`~cellnet.errors.ConfigError` if ``url`` is not a
+        valid URL for this driver (called when a config or a cell is made,
+        so a bad URL is an error at once, not a failing dial later)."""

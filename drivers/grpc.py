@@ -635,6 +635,9 @@ class GrpcDriver(Driver):
     def __init__(self, keepalive: Keepalive | None = None) -> None:
         self.keepalive = keepalive or Keepalive()
 
+    def check_url(self, url: str) -> None:
+        parse_grpc_url(url)
+
     async def dial(self, url: str, options: LinkOptions) -> Link:
         scheme, host, port = parse_grpc_url(url)
         target = _hostport(host, port)

@@ -181,6 +181,9 @@ class MemoryDriver(Driver):
     def __init__(self, network: MemoryNetwork | None = None) -> None:
         self.network = network or MemoryNetwork()
 
+    def check_url(self, url: str) -> None:
+        _key(url)
+
     async def dial(self, url: str, options: LinkOptions) -> Link:
         key = _key(url)
         net = self.network

@@ -496,6 +496,9 @@ class RedisDriver(Driver):
     schemes = ("redis", "rediss")
     capabilities = Capabilities(needs_listen_port=False, tls=True, message_oriented=False)
 
+    def check_url(self, url: str) -> None:
+        parse_redis_url(url)
+
     async def dial(self, url: str, options: LinkOptions) -> Link:
         addr = parse_redis_url(url)
         client = make_client(addr, options)

@@ -279,6 +279,9 @@ class TcpDriver(Driver):
     schemes = ("tcp", "tls")
     capabilities = Capabilities(needs_listen_port=True, tls=True, message_oriented=False)
 
+    def check_url(self, url: str) -> None:
+        parse_tcp_url(url)
+
     async def dial(self, url: str, options: LinkOptions) -> Link:
         host, port = parse_tcp_url(url)
         scheme = urlsplit(url).scheme.lower()

@@ -551,6 +551,9 @@ class WebSocketDriver(Driver):
     schemes = ("http", "https", "ws", "wss")
     capabilities = Capabilities(needs_listen_port=True, tls=True, message_oriented=True)
 
+    def check_url(self, url: str) -> None:
+        parse_websocket_url(url)
+
     async def dial(self, url: str, options: LinkOptions) -> Link:
         address = parse_websocket_url(url)
         context = _tls_settings(options).client_context() if address.secure else None

@@ -260,8 +260,9 @@ async def run_federation(
 def run_federation_sync(app_dir: str | Path, **kwargs: Any) -> FederationResult:
     """Blocking :func:`run_federation` that cleans up on Ctrl-C and SIGTERM.
 
-    Ctrl-C raises ``KeyboardInterrupt`` and SIGTERM raises
-    ``SystemExit(143)``, in both cases after every process was stopped.
+    Ctrl-C raises ``KeyboardInterrupt``, SIGTERM ``SystemExit(143)`` and
+    SIGHUP ``SystemExit(129)``, in every case after every process was
+    stopped.
     """
     return asyncio.run(_with_sigterm(run_federation(app_dir, **kwargs)))
 
@@ -269,31 +270,38 @@ def run_federation_sync(app_dir: str | Path, **kwargs: Any) -> FederationResult:
 _T = TypeVar("_T")
 
 
+#: signals that stop a run cleanly: SIGTERM, and SIGHUP (the terminal or
+#: SSH session closed; the children run in sessions of their own and would
+#: never hear of it)
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
 async def _with_sigterm(work: Awaitable[_T]) -> _T:
     loop = asyncio.get_running_loop()
     task = asyncio.current_task()
-    terminated = False
+    received: list[int] = []
 
-    def on_sigterm() -> None:
-        nonlocal terminated
-        terminated = True
+    def on_signal(signum: int) -> None:
+        received.append(signum)
         if task is not None:
             task.cancel()
 
-    try:
-        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
-        installed = True
-    except (NotImplementedError, RuntimeError, ValueError):
-        installed = False  # not the main thread, or no signals on this platform
+    installed: list[int] = []
+    for sig in _STOP_SIGNALS:
+        try:
+            loop.add_signal_handler(sig, on_signal, sig)
+            installed.append(sig)
+        except (NotImplementedError, RuntimeError, ValueError):
+            pass  # not the main thread, or no such signal on this platform
     try:
         return await work
     except asyncio.CancelledError:
-        if terminated:
-            raise SystemExit(128 + signal.SIGTERM) from None
+        if received:
+            raise SystemExit(128 + received[0]) from None
         raise
     finally:
-        if installed:
-            loop.remove_signal_handler(signal.SIGTERM)
+        for sig in installed:
+            loop.remove_signal_handler(sig)
 
 
 class _Runner:

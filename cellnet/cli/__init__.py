@@ -33,5 +33,15 @@ def _add_flower() -> None:
 _add_flower()
 
 
+def _add_bench() -> None:
+    # The benchmark harness (benchmarks/, installed as cellnet.benchmarks).
+    from ..benchmarks.harness import bench_command
+
+    app.command("bench")(bench_command)
+
+
+_add_bench()
+
+
 def main() -> None:
     app()

@@ -9,12 +9,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from ..cell import Cell
 from ..config import Config, load_config
 from ..errors import CellnetError, ConfigError, NameInUse
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 ConfigOption = typer.Option(..., "--config", "-c", help="The cell's config file (TOML or JSON).")
 
@@ -28,7 +29,7 @@ def setup_logging(verbose: int) -> None:
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
     return typer.Exit(code)
 
 

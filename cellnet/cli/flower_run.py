@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import Literal
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .common import err_console
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 def _fmt(value: object) -> str:
@@ -47,18 +48,21 @@ def run_app(
         from cellnet.bridge.flower.metrics import RoundFinished, RoundStarted, RunStarted, ServerAppFailed
     except ImportError as exc:
         err_console.print(
-            f'[bold red]error:[/] the Flower bridge needs extra packages ({exc.name} is missing); '
-            'install them with: pip install "cellnet[flower]"',
+            "[bold red]error:[/] "
+            + escape(
+                f"the Flower bridge needs extra packages ({exc.name} is missing); "
+                'install them with: pip install "cellnet[flower]"'
+            ),
             highlight=False,
         )
         return 2
 
     how = "directly (no bus)" if mode == "direct" else f"over the bus ({driver} on loopback)"
-    console.print(f"[bold]cellnet flower run[/] {app_dir} with {clients} clients, {how}", highlight=False)
+    console.print(f"[bold]cellnet flower run[/] {escape(str(app_dir))} with {clients} clients, {how}", highlight=False)
 
     def on_event(event: object) -> None:
         if isinstance(event, Stage):
-            console.print(f"  [dim]{event.name}[/] {event.detail}", highlight=False)
+            console.print(f"  [dim]{event.name}[/] {escape(event.detail)}", highlight=False)
         elif isinstance(event, RunStarted):
             console.print(f"  run {event.run_id} started", highlight=False)
         elif isinstance(event, RoundStarted):
@@ -67,9 +71,9 @@ def run_app(
             m = event.metrics
             for phase, values in (("train", m.train), ("evaluate", m.evaluate), ("central", m.central)):
                 if values:
-                    console.print(f"  {phase:<8} {_metrics_text(values)}", highlight=False)
+                    console.print(f"  {phase:<8} {escape(_metrics_text(values))}", highlight=False)
         elif isinstance(event, ServerAppFailed):
-            err_console.print(f"[red]ServerApp:[/] {event.line}", highlight=False)
+            err_console.print(f"[red]ServerApp:[/] {escape(event.line)}", highlight=False)
 
     try:
         result = run_federation_sync(
@@ -84,14 +88,14 @@ def run_app(
             on_event=on_event,
         )
     except FlowerBridgeError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
         for note in getattr(exc, "__notes__", []):
-            err_console.print(f"  {note}", highlight=False)
+            err_console.print(f"  {escape(str(note))}", highlight=False)
         return 1
 
     metrics = result.metrics
     if metrics.error:
-        err_console.print(f"[bold red]the run failed:[/] {metrics.error}", highlight=False)
+        err_console.print(f"[bold red]the run failed:[/] {escape(str(metrics.error))}", highlight=False)
         return 1
     table = Table(title=f"{result.app}: {len(metrics.rounds)} rounds, {result.clients} clients, {result.mode}")
     table.add_column("round", justify="right")
@@ -112,7 +116,7 @@ def run_app(
     console.print(table)
     console.print(f"wall time {result.wall_time_s:.1f} s", highlight=False)
     if out is not None:
-        console.print(f"metrics written to {out}", highlight=False)
+        console.print(f"metrics written to {escape(str(out))}", highlight=False)
     if result.leftover_pids:
         err_console.print(f"[yellow]warning:[/] processes left behind: {result.leftover_pids}")
     return 0

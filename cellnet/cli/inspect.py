@@ -14,6 +14,7 @@ from typing import Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ..cell import SYSTEM_CHANNEL
@@ -23,7 +24,7 @@ from ..introspect import STATUS_TOPIC, TRACE_TOPIC
 from ..names import validate_name
 from .common import ConfigOption, err_console, fail, join, load, setup_logging
 
-console = Console()
+console = Console(soft_wrap=True)
 
 
 async def _ask(config: Config, target: str, topic: str, payload: bytes, timeout: float) -> tuple[dict[str, Any], str | None]:
@@ -66,11 +67,11 @@ def status_command(
         typer.echo(json.dumps(data))
         return
     if note:
-        err_console.print(note, highlight=False)
+        err_console.print(escape(note), highlight=False)
     parent = data.get("parent")
     up = f"parent {parent} via {data.get('parent_url')}" if parent else "no parent link"
     listen = ", ".join(data.get("listen") or []) or "no listener"
-    console.print(f"[bold]{data['name']}[/] up {data.get('uptime_s', 0):.0f} s; {up}; {listen}", highlight=False)
+    console.print(f"[bold]{escape(data['name'])}[/] up {data.get('uptime_s', 0):.0f} s; {escape(up)}; {escape(listen)}", highlight=False)
     table = Table("peer", "role", "path", "transport", "url", "sent", "received")
     for link in data.get("links", []):
         table.add_row(
@@ -104,7 +105,7 @@ def route_command(
         typer.echo(json.dumps(data))
         return
     if note:
-        err_console.print(note, highlight=False)
+        err_console.print(escape(note), highlight=False)
     typer.echo(f"route: {' -> '.join(data['route'])}")
     typer.echo(f"back:  {' -> '.join(data['back'])}")
     typer.echo(f"rtt:   {data['rtt_us'] / 1000:.3f} ms")

@@ -17,6 +17,8 @@ from ..config import Config
 from ..errors import CellnetError, ConfigError
 from ..names import validate_name
 from ..sizes import format_size, parse_size
+from rich.markup import escape
+
 from .common import ConfigOption, err_console, fail, join, load, setup_logging
 
 
@@ -110,7 +112,7 @@ def ping_command(
         typer.echo(json.dumps(data))
         return
     if note:
-        err_console.print(note, highlight=False)
+        err_console.print(escape(note), highlight=False)
     typer.echo(f"route: {' -> '.join(result.route)}")
     if result.via:
         typer.echo(f"via: {result.via}")

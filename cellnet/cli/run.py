@@ -12,6 +12,8 @@ import typer
 from ..cell import Cell
 from ..config import Config
 from ..errors import CellnetError
+from rich.markup import escape
+
 from .common import ConfigOption, err_console, fail, load, setup_logging
 
 
@@ -46,6 +48,6 @@ async def serve(cfg: Config) -> None:
             stack.push_async_callback(bridge.aclose)
         where = ", ".join(cell.listen_addresses) or "no listener"
         up = f"parent {', '.join(cfg.cell.parent)}" if cfg.cell.parent else "no parent"
-        err_console.print(f"cell [bold]{cell.name}[/] running ({where}; {up}); Ctrl-C to stop", highlight=False)
+        err_console.print(f"cell [bold]{cell.name}[/] running ({escape(where)}; {escape(up)}); Ctrl-C to stop", highlight=False)
         await stop.wait()
         err_console.print(f"cell {cell.name} stopping", highlight=False)

@@ -149,9 +149,27 @@ def test_cell_with_parent_and_listen() -> None:
 
 
 def test_url_scheme_is_lowercased_and_the_rest_kept() -> None:
-    url = "TCP://Host.Example:8002/X"
+    url = "HTTP://Host.Example:8002/X"
     config = config_from_mapping(mapping(cell={"name": "a", "parent": url}))
-    assert config.cell.parent == ("tcp://Host.Example:8002/X",)
+    assert config.cell.parent == ("http://Host.Example:8002/X",)
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("tcp://127.0.0.1", "expected tcp://HOST:PORT"),
+        ("tcp://127.0.0.1:8002/path", "takes no path or query"),
+        ("grpc://127.0.0.1", "grpc://HOST:PORT"),
+        ("redis://127.0.0.1:6379/0?nss=fl", "unknown query parameter 'nss'"),
+        ("grcp://127.0.0.1:8002", "did you mean 'grpc'"),
+    ],
+)
+def test_urls_are_checked_by_their_driver(url: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match="cell.parent") as info:
+        config_from_mapping(mapping(cell={"name": "a", "parent": ["tcp://127.0.0.1:1", url]}))
+    assert reason in str(info.value)
+    with pytest.raises(ConfigError, match=r"cell.listen\[0\]"):
+        config_from_mapping(mapping(cell={"name": "server", "listen": [url]}))
 
 
 @pytest.mark.parametrize(
@@ -160,14 +178,18 @@ def test_url_scheme_is_lowercased_and_the_rest_kept() -> None:
         "tcp://127.0.0.1:8002",
         "tcp://[::1]:8002",
         "grpcs://server.example.org:443",
-        "unix:///run/cellnet.sock",
-        "inproc://server",
+        "https://proxy.example.org/fl/cellnet",
         "redis://localhost:6379/0?ns=fl&cell=server",
-        "ws+tls://h:1",
     ],
 )
 def test_good_urls(url: str) -> None:
     assert config_from_mapping(mapping(cell={"name": "a", "parent": url})).cell.parent == (url,)
+
+
+@pytest.mark.parametrize("url", ["unix:///run/cellnet.sock", "inproc://server", "ws+tls://h:1"])
+def test_unknown_schemes_name_the_known_ones(url: str) -> None:
+    with pytest.raises(ConfigError, match="known schemes: .*tcp"):
+        config_from_mapping(mapping(cell={"name": "a", "parent": url}))
 
 
 def test_all_sections(tmp_path: Path) -> None:
