@@ -84,7 +84,8 @@ Handler = Callable[[Message], Awaitable[HandlerResult]]
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[Message]
-    via: str | None = None
+    #: the link the request left on (a new link to the same name is another)
+    via: PeerLink | None = None
 
 
 @dataclass(slots=True)
@@ -410,7 +411,7 @@ class Cell:
             if self._wants_direct and hop != msg.dst:
                 self._direct.want(msg.dst)
             link = self._links[hop]
-            pending.via = hop
+            pending.via = link
             self._check_peer_limit(link, msg)
             if msg.budget is not None and left < msg.budget - 0.001:
                 msg = msg.with_budget(left)  # a retry: the budget already shrank
@@ -753,7 +754,7 @@ class Cell:
                 self._parent = None
             if self.is_direct(peer):
                 self._direct.lost(peer.name)
-            self._link_lost(peer.name, peer.close_reason or "link closed")
+            self._link_lost(peer, peer.close_reason or "link closed")
             self._notify_route_change()
 
     def _link_failed(self, peer: PeerLink) -> None:
@@ -765,12 +766,13 @@ class Cell:
                 self._parent = None
             self._notify_route_change()
 
-    def _link_lost(self, name: str, reason: str) -> None:
-        """Fail everything that depended on the link to ``name``."""
+    def _link_lost(self, peer: PeerLink, reason: str) -> None:
+        """Fail everything that depended on the link ``peer``."""
         if self._closed:
             return
+        name = peer.name
         for pending in self._pending.values():
-            if pending.via == name and not pending.future.done():
+            if pending.via is peer and not pending.future.done():
                 pending.future.set_exception(LinkLost(f"link to {name} lost: {reason}"))
         for key, relayed in list(self._relayed.items()):
             if relayed.next == name:
