@@ -104,6 +104,8 @@ def ping_command(
             ping(cfg, target, count=count, size=nbytes, timeout=timeout, warmup=warmup)
         )
     except CellnetError as exc:
+        if as_json:
+            typer.echo(json.dumps({"target": target, "error": type(exc).__name__, "message": str(exc)}))
         raise fail(f"ping {target} failed: {type(exc).__name__}: {exc}") from None
     if as_json:
         data = asdict(result)

@@ -113,6 +113,17 @@ def test_ping_fails_clearly_for_an_unknown_cell(topo: Topology) -> None:
     )
     assert out.returncode != 0
     assert "Unreachable" in out.stderr and "site-9" in out.stderr
+    out = subprocess.run(
+        cellnet_cmd("ping", "site-9", "-c", str(topo.tmp / "site-1.toml"), "-n", "1", "--json"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert out.returncode == 1
+    assert json.loads(out.stdout) == {
+        "target": "site-9", "error": "Unreachable", "message": json.loads(out.stdout)["message"]
+    }
+    assert "site-9" in json.loads(out.stdout)["message"]
 
 
 async def test_killed_site_fails_pending_requests_fast(topo: Topology) -> None:
