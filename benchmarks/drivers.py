@@ -34,6 +34,11 @@ with the machine's details. ``--quick`` uses small counts (a smoke test).
 Note the processes share the machine's cores: the relayed topology keeps
 three busy processes (client, server, site-2), the raw baselines two (three
 with Redis).
+
+The full matrix (payload sizes up to 64 MiB, concurrency, direct links
+between sites, peak RSS, repetitions, plots) is ``cellnet bench``
+(:mod:`cellnet.benchmarks.harness`), which reuses this module's process and
+Redis helpers.
 """
 
 from __future__ import annotations

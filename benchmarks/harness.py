@@ -1,0 +1,623 @@
+"""The transport benchmark harness: drivers x topologies x sizes x concurrency.
+
+``cellnet bench [--config FILE] [--quick] [--out DIR]``, also
+``python -m cellnet.benchmarks [--config FILE] [--quick] [--out DIR]``.
+
+What it runs
+    For each driver (``tcp``, ``grpc``, ``http``, ``redis``) the harness first
+    runs that driver's raw library baseline alone on the machine (``tcp``:
+    :mod:`raw_echo` and the one-way :mod:`raw_stream`; ``grpc``:
+    :mod:`raw_grpc_echo`; ``http``: :mod:`raw_websocket_echo`; ``redis``:
+    :mod:`raw_redis_echo` on the same private ``redis-server`` the cells use),
+    once per payload size. Then it writes TOML configs and starts, as separate
+    OS processes with ``cellnet run -c CONFIG``, a ``server`` cell and a
+    ``site-2`` cell (``[policy] direct = ["site-*"]`` and a ``listen`` URL),
+    plus one measuring process (:mod:`cellnet.benchmarks._worker`) that joins
+    as two client cells: ``site-1`` (no direct policy) and ``site-3`` (direct
+    policy and a ``listen`` URL). Topologies:
+
+    * ``client-server``: ``site-1 -> server`` (one link);
+    * ``relayed``: ``site-1 -> server -> site-2`` (site to site, relayed by
+      the server cell);
+    * ``direct``: ``site-3 -> site-2`` over the direct link the two set up
+      after their first message. The measuring process waits until the
+      recorded route is ``site-3 -> site-2`` before it measures.
+
+    Every measurement sends the echo request every cell answers. Its first
+    echo is verified byte for byte and its recorded route is stored (and
+    checked against the topology: ``route_ok``). Then ``concurrency``
+    requests are kept outstanding for ``duration`` seconds (at least
+    ``min_count``, at most ``max_count`` round trips). Before each
+    measurement the harness resets the peak RSS of every process
+    (``/proc/PID/clear_refs``) and after it reads ``VmHWM`` from
+    ``/proc/PID/status`` of the server, site-2, the measuring client and
+    (redis) the redis-server.
+
+Figures (per measurement, then median and min-max over the repetitions)
+    RTT median and p99 (nearest rank) in microseconds, messages per second
+    (round trips completed / wall time), MB/s (payload counted once each way:
+    ``2 * size * msgs_per_s / 1e6``, as ``cellnet ping`` counts it), and the
+    peak RSS of each process in KiB. Ratios to the raw baseline of the same
+    driver and size are given at concurrency 1 (the raw scripts measure one
+    request at a time).
+
+Output (into ``--out DIR``, default ``bench-results``)
+    ``results.json`` (every figure of every repetition, the config, the
+    machine: Python, platform, CPUs, package versions), ``results.md``
+    (Markdown tables), ``latency.png`` and ``throughput.png`` (RTT and MB/s
+    against payload size, one panel per driver, a line per topology and the
+    raw baseline, log-scale axes). A rich progress bar shows the run on
+    stderr. NVIDIA FLARE is detected and, as no comparison is implemented,
+    reported as skipped.
+
+Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
+    Table ``[bench]``:
+
+    ``drivers``            list of drivers, from tcp, grpc, http, redis (default: all)
+    ``topologies``         list, from client-server, relayed, direct (default: all)
+    ``sizes``              payload sizes, bytes or units like "64KiB", "1MiB"
+                           (default: 100B, 4KiB, 64KiB, 1MiB, 16MiB, 64MiB)
+    ``concurrency``        outstanding requests per measurement (default: [1, 32])
+    ``repetitions``        repetitions of every measurement (default: 3)
+    ``seed``               seed of the payload bytes (default: 1)
+    ``duration``           seconds each measurement runs (default: 0.25)
+    ``min_count``          round trips at least per measurement (default: 3)
+    ``max_count``          round trips at most per measurement (default: 20000)
+    ``warmup``             unmeasured requests before each measurement of a
+                           size up to 1 MiB; larger sizes only do the one
+                           verified echo (default: 5)
+    ``max_inflight``       cap on outstanding payload bytes: a measurement
+                           keeps ``min(concurrency, max(1, max_inflight // size))``
+                           requests outstanding (recorded as
+                           ``effective_concurrency``; default: "128MiB")
+    ``timeout``            seconds each request may take (default: 300)
+    ``max_message``        ``[limits] max_message`` of the generated configs;
+                           raised to the largest size if smaller (default: "1GiB")
+    ``baselines``          run the raw baselines (default: true)
+    ``baseline_bytes``     payload bytes per raw baseline run: count =
+                           baseline_bytes // size, clamped to the two keys
+                           below (default: "256MiB")
+    ``baseline_min_count`` (default: 3)
+    ``baseline_max_count`` (default: 2000)
+    ``ready_timeout``      seconds the cells may take to link (default: 60)
+
+    Table ``[quick]``: the same keys, applied over ``[bench]`` with
+    ``--quick`` (default: sizes 100B, 64KiB, 1MiB; 1 repetition; duration
+    0.05; min_count 2; baseline_bytes "16MiB"; baseline_max_count 300).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import importlib.util
+import json
+import os
+import queue
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from .drivers import (
+    DRIVERS,
+    BenchError,
+    Procs,
+    free_port,
+    machine_info,
+    private_redis,
+    tail,
+)
+
+TOPOLOGIES = ("client-server", "relayed", "direct")
+TOPOLOGY_LABELS = {
+    "client-server": "client->server",
+    "relayed": "site->site relayed",
+    "direct": "site->site direct",
+}
+EXPECTED_ROUTES = {
+    "client-server": ["site-1", "server"],
+    "relayed": ["site-1", "server", "site-2"],
+    "direct": ["site-3", "site-2"],
+}
+#: driver -> raw baseline modules (the first is the echo the ratios use)
+RAW_MODULES = {
+    "tcp": ("raw_echo", "raw_stream"),
+    "grpc": ("raw_grpc_echo",),
+    "http": ("raw_websocket_echo",),
+    "redis": ("raw_redis_echo",),
+}
+MIB = 1024 * 1024
+METRICS = ("rtt_median_us", "rtt_p99_us", "msgs_per_s", "mb_per_s")
+
+
+def _size(value: Any, key: str) -> int:
+    from cellnet.errors import ConfigError
+    from cellnet.sizes import parse_size
+
+    try:
+        return parse_size(value, key=key)
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
+
+
+@dataclass
+class BenchConfig:
+    drivers: list[str] = field(default_factory=lambda: list(DRIVERS))
+    topologies: list[str] = field(default_factory=lambda: list(TOPOLOGIES))
+    sizes: list[int] = field(default_factory=lambda: [100, 4096, 64 * 1024, MIB, 16 * MIB, 64 * MIB])
+    concurrency: list[int] = field(default_factory=lambda: [1, 32])
+    repetitions: int = 3
+    seed: int = 1
+    duration: float = 0.25
+    min_count: int = 3
+    max_count: int = 20000
+    warmup: int = 5
+    max_inflight: int = 128 * MIB
+    timeout: float = 300.0
+    max_message: int = 1024 * MIB
+    baselines: bool = True
+    baseline_bytes: int = 256 * MIB
+    baseline_min_count: int = 3
+    baseline_max_count: int = 2000
+    ready_timeout: float = 60.0
+
+    QUICK = {
+        "sizes": ["100B", "64KiB", "1MiB"], "repetitions": 1, "duration": 0.05, "min_count": 2,
+        "baseline_bytes": "16MiB", "baseline_max_count": 300,
+    }
+
+    def apply(self, table: dict[str, Any], where: str) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in table.items():
+            if key not in names:
+                raise BenchError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(names))}")
+            ctx = f"{where}.{key}"
+            if key in ("sizes",):
+                value = [_size(v, ctx) for v in _list(value, ctx)]
+            elif key in ("max_inflight", "max_message", "baseline_bytes"):
+                value = _size(value, ctx)
+            elif key in ("drivers", "topologies"):
+                value = [str(v) for v in _list(value, ctx)]
+                known = DRIVERS if key == "drivers" else TOPOLOGIES
+                bad = [v for v in value if v not in known]
+                if bad:
+                    raise BenchError(f"{ctx}: unknown {bad}; choose from {', '.join(known)}")
+            elif key == "concurrency":
+                value = [_positive_int(v, ctx) for v in _list(value, ctx)]
+            elif key == "baselines":
+                if not isinstance(value, bool):
+                    raise BenchError(f"{ctx}: expected true or false")
+            elif key in ("duration", "timeout", "ready_timeout"):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                    raise BenchError(f"{ctx}: expected a positive number of seconds")
+                value = float(value)
+            else:
+                value = _positive_int(value, ctx, zero=key in ("warmup", "seed"))
+            setattr(self, key, value)
+        if not self.drivers or not self.topologies or not self.sizes or not self.concurrency:
+            raise BenchError(f"{where}: drivers, topologies, sizes and concurrency must not be empty")
+        self.sizes = sorted(set(self.sizes))
+        self.concurrency = sorted(set(self.concurrency))
+        self.max_message = max(self.max_message, max(self.sizes) + 64 * 1024)
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _list(value: Any, ctx: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise BenchError(f"{ctx}: expected a list")
+    return value
+
+
+def _positive_int(value: Any, ctx: str, zero: bool = False) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
+        raise BenchError(f"{ctx}: expected an integer {'>= 0' if zero else '>= 1'}")
+    return value
+
+
+def load_bench_config(path: Path | None, quick: bool) -> BenchConfig:
+    cfg = BenchConfig()
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BenchError(f"{path}: {exc}") from None
+        unknown = set(data) - {"bench", "quick"}
+        if unknown:
+            raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench] and [quick]")
+    cfg.apply(data.get("bench", {}), "bench")
+    if quick:
+        cfg.apply(data.get("quick", BenchConfig.QUICK), "quick")
+    return cfg
+
+
+# -- one driver ------------------------------------------------------------------------
+
+
+def cell_configs(driver: str, cfg: BenchConfig, redis_url: str | None) -> dict[str, str]:
+    """The TOML configs of server, site-2 (run by ``cellnet run``) and site-1, site-3 (the client)."""
+    ns = f"bench-{os.getpid()}"
+
+    def url(cell: str) -> str:
+        if driver == "redis":
+            assert redis_url is not None
+            return f"{redis_url}?ns={ns}&cell={cell}"
+        port = free_port()
+        return {"tcp": f"tcp://127.0.0.1:{port}", "grpc": f"grpc://127.0.0.1:{port}",
+                "http": f"http://127.0.0.1:{port}/cellnet"}[driver]
+
+    server = url("server")
+    common = (f'\n[limits]\nmax_message = {cfg.max_message}\n'
+              f'\n[timeouts]\nrequest = {cfg.timeout}\nbackoff_max = 0.5\ndirect_retry = 0.2\n')
+
+    def site(name: str, listen: bool, direct: bool) -> str:
+        text = f'[cell]\nname = "{name}"\nparent = "{server}"\n'
+        if listen:
+            text += f'listen = ["{url(name)}"]\n'
+        if direct:
+            text += '\n[policy]\ndirect = ["site-*"]\n'
+        return text + common
+
+    return {
+        "server": f'[cell]\nname = "server"\nlisten = ["{server}"]\n' + common,
+        "site-2": site("site-2", listen=True, direct=True),
+        "site-1": site("site-1", listen=False, direct=False),
+        "site-3": site("site-3", listen=True, direct=True),
+    }
+
+
+def _reset_peak(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak(pid: int) -> int | None:
+    from ._worker import vm_hwm_kib
+
+    return vm_hwm_kib(pid)
+
+
+class LineReader:
+    """Lines of a child's stdout, read by a thread, taken with a timeout."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, args=(stream,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, stream: Any) -> None:
+        for line in stream:
+            self.lines.put(line.decode(errors="replace") if isinstance(line, bytes) else line)
+        self.lines.put(None)
+
+    def json(self, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise BenchError(f"{what}: no answer within {timeout:g} s") from None
+            if line is None:
+                raise BenchError(f"{what}: the measuring process ended")
+            if line.startswith("{"):
+                return json.loads(line)
+
+
+def baseline_counts(cfg: BenchConfig) -> list[int]:
+    return [max(cfg.baseline_min_count, min(cfg.baseline_max_count, cfg.baseline_bytes // s)) for s in cfg.sizes]
+
+
+def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | None,
+                  advance: Callable[[str], None]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    counts = baseline_counts(cfg)
+    for module in RAW_MODULES[driver]:
+        advance(f"{driver}: raw {module}")
+        args = [sys.executable, "-m", "cellnet.benchmarks._worker", "raw", module,
+                "--sizes", ",".join(map(str, cfg.sizes)), "--counts", ",".join(map(str, counts))]
+        if redis_url and module == "raw_redis_echo":
+            args += ["--url", redis_url]
+        label = f"{driver}-{module}"
+        proc = procs.start(label, args, signal.SIGINT)
+        try:
+            proc.wait(cfg.timeout + 120)
+        except subprocess.TimeoutExpired:
+            procs.stop(proc)
+        finally:
+            procs.procs = [p for p in procs.procs if p[1] is not proc]
+        lines = [json.loads(ln) for ln in (procs.folder / f"{label}.log").read_text(errors="replace").splitlines()
+                 if ln.startswith("{")]
+        by_size = {r.get("size"): r for r in lines}
+        for size in cfg.sizes:
+            r = by_size.get(size) or {"size": size, "error": f"no result: {tail(procs.folder / f'{label}.log', 5)}"}
+            out.append({"driver": driver, "module": module, **r})
+    return out
+
+
+def run_driver(driver: str, cfg: BenchConfig, folder: Path, advance: Callable[[str], None],
+               baselines: list[dict[str, Any]], measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measure one driver; results are appended to the two lists; returns the group's record."""
+    group: dict[str, Any] = {"driver": driver}
+    procs = Procs(folder)
+    py = sys.executable
+    redis_cm = private_redis() if driver == "redis" else contextlib.nullcontext(None)
+    try:
+        with redis_cm as redis:
+            redis_url, redis_proc = (redis[0], redis[1]) if redis else (None, None)
+            if cfg.baselines:
+                baselines += run_baselines(driver, cfg, procs, redis_url, advance)
+            configs = cell_configs(driver, cfg, redis_url)
+            for name, text in configs.items():
+                (folder / f"{name}.toml").write_text(text)
+            pids: dict[str, int] = {}
+            for name in ("server", "site-2"):
+                pids[name] = procs.start(f"{driver}-{name}",
+                                         [py, "-m", "cellnet", "run", "-c", str(folder / f"{name}.toml"), "-q"]).pid
+            if redis_proc is not None:
+                pids["redis"] = redis_proc.pid
+            advance(f"{driver}: linking cells")
+            wlog = open(folder / f"{driver}-client.log", "wb")
+            worker = subprocess.Popen(
+                [py, "-m", "cellnet.benchmarks._worker", "cells", str(folder / "site-1.toml"),
+                 str(folder / "site-3.toml"), "--seed", str(cfg.seed), "--ready-budget", str(cfg.ready_timeout)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=wlog, start_new_session=True,
+            )
+            wlog.close()
+            procs.procs.append((f"{driver}-client", worker, folder / f"{driver}-client.log"))
+            pids["client"] = worker.pid
+            group["pids"] = dict(pids)
+            reader = LineReader(worker.stdout)
+            ready = reader.json(cfg.ready_timeout + 30, f"{driver}: linking")["ready"]
+            group.update(ready_s=ready["ready_s"], routes=ready["routes"])
+            assert worker.stdin is not None
+            for rep in range(cfg.repetitions):
+                for topo in cfg.topologies:
+                    for size in cfg.sizes:
+                        for conc in cfg.concurrency:
+                            eff = min(conc, max(1, cfg.max_inflight // size))
+                            advance(f"{driver} {topo} {_fmt_size(size)} x{conc} rep {rep + 1}")
+                            procs.check_alive()
+                            reset = all([_reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
+                            task = {"topology": topo, "size": size, "concurrency": eff,
+                                    "duration": cfg.duration, "min_count": max(cfg.min_count, eff),
+                                    "max_count": cfg.max_count, "timeout": cfg.timeout,
+                                    "warmup": cfg.warmup if size <= MIB else 0}
+                            worker.stdin.write((json.dumps(task) + "\n").encode())
+                            worker.stdin.flush()
+                            res = reader.json(cfg.timeout * 2 + 60, f"{driver} {topo} {size}")
+                            rss = {name: _peak(pid) for name, pid in pids.items() if name != "client"}
+                            rss["client"] = res.pop("client_peak_rss_kib", None)
+                            measurements.append({
+                                "driver": driver, "topology": topo, "size": size, "concurrency": conc,
+                                "effective_concurrency": eff, "repetition": rep,
+                                "route_ok": res.get("route") == EXPECTED_ROUTES[topo],
+                                "peak_rss_kib": rss, "peak_rss_reset": reset, **res,
+                            })
+            worker.stdin.write(b"quit\n")
+            worker.stdin.flush()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.wait(15)
+            if worker.returncode == 0:
+                procs.procs = [p for p in procs.procs if p[1] is not worker]
+            procs.check_alive()
+    except Exception as exc:  # reported; the other drivers still run
+        group["error"] = f"{type(exc).__name__}: {exc}"
+        group["logs"] = {label: tail(lg, 30) for label, _p, lg in procs.procs}
+    finally:
+        notes = procs.stop_all()
+        if notes:
+            group["stop_notes"] = notes
+    return group
+
+
+# -- summaries ---------------------------------------------------------------------------
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    values = [v for v in values if v is not None]
+    if not values:
+        return None
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per matrix cell: the median and min-max over the repetitions, and ratios to raw."""
+    cells: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
+    for m in measurements:
+        cells.setdefault((m["driver"], m["topology"], m["size"], m["concurrency"]), []).append(m)
+    raw = {(b["driver"], b["size"]): b for b in baselines
+           if b.get("module") == RAW_MODULES[b["driver"]][0] and "error" not in b}
+    out = []
+    for (driver, topo, size, conc), reps in cells.items():
+        good = [r for r in reps if "error" not in r]
+        entry: dict[str, Any] = {
+            "driver": driver, "topology": topo, "size": size, "concurrency": conc,
+            "effective_concurrency": reps[0]["effective_concurrency"], "repetitions": len(good),
+            "route": good[0]["route"] if good else None,
+            "route_ok": bool(good) and all(r["route_ok"] for r in good),
+            "errors": [r["error"] for r in reps if "error" in r],
+        }
+        for key in METRICS:
+            entry[key] = spread([r[key] for r in good])
+        procs = sorted({p for r in good for p in r["peak_rss_kib"]})
+        entry["peak_rss_kib"] = {p: spread([r["peak_rss_kib"].get(p) for r in good]) for p in procs}
+        base = raw.get((driver, size))
+        if base and entry["rtt_median_us"] and conc == 1:
+            entry["rtt_vs_raw"] = entry["rtt_median_us"]["median"] / base["rtt_median_us"]
+            entry["mb_per_s_vs_raw"] = entry["mb_per_s"]["median"] / base["mb_per_s"]
+        out.append(entry)
+    return out
+
+
+def _fmt_size(n: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+# -- the run -------------------------------------------------------------------------------
+
+
+def nvflare_note() -> str:
+    if importlib.util.find_spec("nvflare") is None:
+        return "NVIDIA FLARE is not installed: the comparison with it is skipped"
+    return "NVIDIA FLARE is installed, but no comparison is implemented yet: skipped"
+
+
+def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
+        show_progress: bool = True) -> int:
+    """Run the matrix, write results.json, results.md and the plots into ``out``; return an exit code."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from .report import markdown, plot
+
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    note = nvflare_note()
+    console.print(note, highlight=False)
+    matrix = len(cfg.topologies) * len(cfg.sizes) * len(cfg.concurrency) * cfg.repetitions
+    total = sum(matrix + 1 + (len(RAW_MODULES[d]) if cfg.baselines else 0) for d in cfg.drivers)
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    folder = Path(tempfile.mkdtemp(prefix="cellnet-bench-"))
+    baselines: list[dict[str, Any]] = []
+    measurements: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    started = time.time()
+    interrupted = False
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_progress)
+    try:
+        with progress:
+            task = progress.add_task("starting", total=total)
+            first = [True]
+
+            def advance(what: str) -> None:
+                if not first[0]:
+                    progress.advance(task)
+                first[0] = False
+                progress.update(task, description=what)
+
+            for driver in cfg.drivers:
+                sub = folder / driver
+                sub.mkdir()
+                t0 = time.monotonic()
+                try:
+                    group = run_driver(driver, cfg, sub, advance, baselines, measurements)
+                except KeyboardInterrupt:
+                    interrupted = True
+                    groups.append({"driver": driver, "error": "interrupted"})
+                    break
+                group["seconds"] = time.monotonic() - t0
+                groups.append(group)
+                if "error" in group:
+                    progress.console.print(f"[red]{driver} failed:[/] {group['error']}", highlight=False)
+                    for label, text in group.get("logs", {}).items():
+                        progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
+            progress.update(task, completed=total, description="done")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        if keep:
+            console.print(f"configs and logs kept in {folder}", highlight=False)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    summary = summarize(measurements, baselines)
+    machine = machine_info()
+    for pkg in ("rich", "typer", "matplotlib", "aiohttp", "grpcio", "redis"):
+        with contextlib.suppress(Exception):
+            from importlib import metadata
+
+            machine["packages"][pkg] = metadata.version(pkg)
+    doc = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "quick": quick,
+        "interrupted": interrupted,
+        "config": cfg.to_json(),
+        "machine": machine,
+        "nvflare": note,
+        "groups": groups,
+        "baselines": baselines,
+        "measurements": measurements,
+        "summary": summary,
+    }
+    (out / "results.json").write_text(json.dumps(doc, indent=2))
+    (out / "results.md").write_text(markdown(doc))
+    try:
+        for path in plot(doc, out):
+            console.print(f"wrote {path}", highlight=False)
+    except ImportError:
+        console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False)
+    console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['seconds']:.0f} s",
+                  highlight=False)
+    if interrupted:
+        return 130
+    failed = any("error" in g for g in groups) or any(s["errors"] or not s["route_ok"] for s in summary)
+    return 1 if failed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML file with [bench] (and [quick]) tables")
+    parser.add_argument("--quick", action="store_true", help="a small matrix that runs in under a minute")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_bench_config(args.config, args.quick)
+    except BenchError as exc:
+        parser.error(str(exc))
+    return run(cfg, args.out, quick=args.quick, keep=args.keep, show_progress=not args.no_progress)
+
+
+def bench_command(
+    config: Path | None = typer.Option(None, "--config", "-c", help="TOML config file (see benchmarks/bench.toml)."),
+    quick: bool = typer.Option(False, "--quick", help="A small matrix that runs in under a minute."),
+    out: Path = typer.Option(Path("bench-results"), "--out", "-o", help="Folder for results.json, results.md, PNGs."),
+    keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder with configs and logs."),
+) -> None:
+    """Benchmark every transport: drivers x topologies x payload sizes x concurrency."""
+    try:
+        cfg = load_bench_config(config, quick)
+    except BenchError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(run(cfg, out, quick=quick, keep=keep))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

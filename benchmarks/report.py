@@ -1,0 +1,240 @@
+"""Reports of the benchmark harness: Markdown tables and matplotlib plots.
+
+:func:`markdown` turns the document :mod:`cellnet.benchmarks.harness` writes
+as ``results.json`` into ``results.md``; :func:`plot` draws ``latency.png``
+(RTT median against payload size) and ``throughput.png`` (MB/s against
+payload size), one panel per driver, a line per topology and the raw
+baseline, log-scale axes. Both work from a saved ``results.json`` too:
+``python -m cellnet.benchmarks.report results.json [OUT_DIR]``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+TOPOLOGY_LABELS = {
+    "client-server": "client->server",
+    "relayed": "site->site relayed",
+    "direct": "site->site direct",
+}
+PROCESS_ORDER = ("server", "site-2", "client", "redis")
+
+
+def fmt_size(n: int) -> str:
+    for unit, div in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= div and n % div == 0:
+            return f"{n // div} {unit}"
+    return f"{n} B"
+
+
+def _num(x: float) -> str:
+    if x >= 100:
+        return f"{x:.0f}"
+    if x >= 10:
+        return f"{x:.1f}"
+    if x >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def _spread(s: dict[str, float] | None, scale: float = 1.0, show_range: bool = True) -> str:
+    if not s:
+        return "-"
+    text = _num(s["median"] * scale)
+    if show_range and s["max"] > s["min"]:
+        text += f" ({_num(s['min'] * scale)}-{_num(s['max'] * scale)})"
+    return text
+
+
+def _index(summary: list[dict[str, Any]]) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    return {(s["driver"], s["topology"], s["size"], s["concurrency"]): s for s in summary}
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    cfg = doc["config"]
+    machine = doc["machine"]
+    summary = _index(doc["summary"])
+    concs: list[int] = cfg["concurrency"]
+    c0, others = concs[0], concs[1:]
+    lines = [
+        "# cellnet transport benchmark",
+        "",
+        f"Started {doc['started']}, took {doc['seconds']:.0f} s{' (--quick: rough figures)' if doc['quick'] else ''}. "
+        f"Python {machine.get('python')} on {machine.get('platform')}, {machine.get('cpu_count')} CPUs"
+        f"{' (' + machine['cpu_model'] + ')' if machine.get('cpu_model') else ''}.",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items())) + ".",
+        "",
+        f"Matrix: drivers {', '.join(cfg['drivers'])}; topologies {', '.join(cfg['topologies'])}; sizes "
+        f"{', '.join(fmt_size(s) for s in cfg['sizes'])}; concurrency {', '.join(map(str, concs))} "
+        f"(outstanding bytes capped at {fmt_size(cfg['max_inflight'])}); {cfg['repetitions']} repetition(s) of "
+        f"{cfg['duration']:g} s (at least {cfg['min_count']} round trips) each; payload seed {cfg['seed']}.",
+        "Figures are the median over the repetitions, with the min-max range in parentheses. MB/s counts the "
+        "payload once each way (2 x size x msg/s). RTT/raw and MB/s/raw compare with the driver's raw library "
+        "echo of the same size at concurrency 1. Peak RSS is VmHWM, reset before each measurement.",
+        "",
+        doc.get("nvflare", ""),
+        "",
+    ]
+    if doc.get("interrupted"):
+        lines += ["**The run was interrupted: the tables are incomplete.**", ""]
+    for g in doc["groups"]:
+        if "error" in g:
+            lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
+
+    if doc["baselines"]:
+        lines += ["## Raw baselines", "",
+                  "| driver | baseline | size | count | RTT median (ms) | RTT p99 (ms) | MB/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for b in doc["baselines"]:
+            if "error" in b:
+                lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | FAILED: "
+                             f"{b['error'][:120].replace('|', '/')} | | | |")
+                continue
+            rtt = (f"{b['rtt_median_us'] / 1e3:.3f} | {b['rtt_p99_us'] / 1e3:.3f}" if "rtt_median_us" in b
+                   else "- (one-way stream) | -")
+            lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | {b['count']} | {rtt} | "
+                         f"{b['mb_per_s']:.1f} |")
+        lines.append("")
+
+    for driver in cfg["drivers"]:
+        rows = [s for s in doc["summary"] if s["driver"] == driver]
+        if not rows:
+            continue
+        head = [f"RTT median ms x{c0}", f"RTT p99 ms x{c0}", f"msg/s x{c0}", f"MB/s x{c0}"]
+        if c0 == 1:
+            head += ["RTT/raw", "MB/s/raw"]
+        for c in others:
+            head += [f"RTT median ms x{c}", f"msg/s x{c}", f"MB/s x{c}"]
+        head += ["peak RSS MiB " + "/".join(p for p in PROCESS_ORDER if any(p in r["peak_rss_kib"] for r in rows))]
+        lines += [f"## {driver}", "", "| path | size | " + " | ".join(head) + " |",
+                  "|" + "---|" * (len(head) + 2)]
+        for topo in cfg["topologies"]:
+            for size in cfg["sizes"]:
+                base = summary.get((driver, topo, size, c0))
+                if base is None:
+                    continue
+                cells = [_spread(base["rtt_median_us"], 1e-3), _spread(base["rtt_p99_us"], 1e-3, False),
+                         _spread(base["msgs_per_s"], 1.0, False), _spread(base["mb_per_s"])]
+                if c0 == 1:
+                    cells += [_num(base["rtt_vs_raw"]) if "rtt_vs_raw" in base else "-",
+                              _num(base["mb_per_s_vs_raw"]) if "mb_per_s_vs_raw" in base else "-"]
+                rss: dict[str, float] = {}
+                for c in concs:
+                    s = summary.get((driver, topo, size, c))
+                    for p, v in (s or {}).get("peak_rss_kib", {}).items():
+                        if v:
+                            rss[p] = max(rss.get(p, 0.0), v["median"])
+                for c in others:
+                    s = summary.get((driver, topo, size, c))
+                    if s is None:
+                        cells += ["-", "-", "-"]
+                        continue
+                    eff = s["effective_concurrency"]
+                    note = f" [x{eff}]" if eff != c else ""
+                    cells += [_spread(s["rtt_median_us"], 1e-3, False), _spread(s["msgs_per_s"]) + note,
+                              _spread(s["mb_per_s"], 1.0, False)]
+                cells.append("/".join(f"{rss[p] / 1024:.0f}" for p in PROCESS_ORDER if p in rss) or "-")
+                path = TOPOLOGY_LABELS.get(topo, topo)
+                bad = [s for c in concs if (s := summary.get((driver, topo, size, c)))
+                       and (s["errors"] or not s["route_ok"])]
+                if bad:
+                    path += " (!)"
+                lines.append(f"| {path} | {fmt_size(size)} | " + " | ".join(cells) + " |")
+        routes = {}
+        for s in rows:
+            routes.setdefault(s["topology"], s["route"])
+        lines += ["", "Recorded routes: " + "; ".join(
+            f"{TOPOLOGY_LABELS.get(t, t)}: {' -> '.join(r or ['?'])}" for t, r in routes.items()) + ".", ""]
+        problems = [s for s in rows if s["errors"] or not s["route_ok"]]
+        for s in problems:
+            why = s["errors"][0] if s["errors"] else f"unexpected route {s['route']}"
+            lines.append(f"(!) {s['topology']} {fmt_size(s['size'])} x{s['concurrency']}: {why[:200]}")
+        if problems:
+            lines.append("")
+        if any(s["effective_concurrency"] != s["concurrency"] for s in rows):
+            lines += [f"[xN]: requests outstanding, capped by max_inflight = {fmt_size(cfg['max_inflight'])}.", ""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(doc: dict[str, Any], out: Path) -> list[Path]:
+    """Write latency.png and throughput.png into ``out``; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cfg = doc["config"]
+    drivers = [d for d in cfg["drivers"] if any(s["driver"] == d for s in doc["summary"])] or cfg["drivers"]
+    concs = cfg["concurrency"]
+    summary = _index(doc["summary"])
+    colors = {"client-server": "tab:blue", "relayed": "tab:orange", "direct": "tab:green"}
+    paths = []
+    for kind in ("latency", "throughput"):
+        n = len(drivers)
+        ncols = 2 if n > 1 else 1
+        nrows = (n + ncols - 1) // ncols
+        fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
+        for ax, driver in zip(axes.flat, drivers):
+            for topo in cfg["topologies"]:
+                for ci, c in enumerate(concs if kind == "throughput" else concs[:1]):
+                    pts = [(size, s) for size in cfg["sizes"]
+                           if (s := summary.get((driver, topo, size, c))) and s["rtt_median_us"]]
+                    if not pts:
+                        continue
+                    key, scale = ("rtt_median_us", 1e-3) if kind == "latency" else ("mb_per_s", 1.0)
+                    xs = [p[0] for p in pts]
+                    ys = [p[1][key]["median"] * scale for p in pts]
+                    lo = [y - p[1][key]["min"] * scale for y, p in zip(ys, pts)]
+                    hi = [p[1][key]["max"] * scale - y for y, p in zip(ys, pts)]
+                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=3, capsize=2,
+                                linestyle="-" if ci == 0 else "--", color=colors.get(topo),
+                                label=f"{TOPOLOGY_LABELS.get(topo, topo)} x{c}")
+            for b_i, module in enumerate(sorted({b["module"] for b in doc["baselines"] if b["driver"] == driver})):
+                pts = [b for b in doc["baselines"] if b["driver"] == driver and b["module"] == module
+                       and "error" not in b]
+                if kind == "latency":
+                    pts = [b for b in pts if "rtt_median_us" in b]
+                if not pts:
+                    continue
+                ys = [b["rtt_median_us"] / 1e3 if kind == "latency" else b["mb_per_s"] for b in pts]
+                ax.plot([b["size"] for b in pts], ys, linestyle=":", marker="s", ms=3,
+                        color="black" if b_i == 0 else "gray", label=f"raw {module}")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
+            ax.set_title(driver)
+            ax.set_xlabel("payload size (bytes)")
+            ax.set_ylabel("RTT median (ms)" if kind == "latency" else "MB/s (payload, both ways)")
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=7)
+        for ax in list(axes.flat)[len(drivers):]:
+            ax.set_visible(False)
+        fig.suptitle("cellnet: " + ("round-trip time vs payload size" if kind == "latency"
+                                    else "throughput vs payload size (solid: x%d, dashed: x%d)"
+                                    % (concs[0], concs[-1])))
+        fig.tight_layout()
+        path = out / f"{kind}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args:
+        print("usage: python -m cellnet.benchmarks.report results.json [OUT_DIR]", file=sys.stderr)
+        return 2
+    doc = json.loads(Path(args[0]).read_text())
+    out = Path(args[1]) if len(args) > 1 else Path(args[0]).parent
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.md").write_text(markdown(doc))
+    for p in plot(doc, out):
+        print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
