@@ -57,6 +57,13 @@ def run_app(
         )
         return 2
 
+    from cellnet.bridge.flower.app import load_app
+
+    try:
+        load_app(app_dir)  # a folder that is no Flower app fails before anything starts
+    except FlowerBridgeError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        return 2
     how = "directly (no bus)" if mode == "direct" else f"over the bus ({driver} on loopback)"
     console.print(f"[bold]cellnet flower run[/] {escape(str(app_dir))} with {clients} clients, {how}", highlight=False)
 

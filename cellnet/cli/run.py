@@ -19,7 +19,10 @@ from .common import ConfigOption, err_console, fail, load, setup_logging
 
 def run_command(
     config: Path = ConfigOption,
-    verbose: int = typer.Option(1, "--verbose", "-v", count=True, help="More log output (-vv: debug)."),
+    verbose: int = typer.Option(
+        1, "--verbose", "-v", count=True, show_default=False,
+        help="Log detail: links and reconnects are shown by default; -vv adds debug output.",
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only warnings and errors."),
 ) -> None:
     """Run the cell described by the config file until interrupted."""

@@ -67,3 +67,13 @@ def test_signal_mid_run_stops_everything(tmp_path: Path, sig: signal.Signals, co
             except ProcessLookupError:
                 pass
         out.close()
+
+
+def test_not_a_flower_app_fails_before_anything_starts(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "cellnet", "flower", "run", str(tmp_path)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert out.returncode == 2
+    assert "not a Flower app" in out.stderr and "Traceback" not in out.stderr
+    assert "cellnet flower run" not in out.stdout  # no header: nothing was started
