@@ -61,8 +61,9 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ._redis import private_redis, redis_binary
 from ._stats import percentile
 
 DRIVERS = ("tcp", "grpc", "http", "redis")
@@ -183,43 +184,6 @@ def run_json(procs: Procs, label: str, args: list[str], timeout: float,
         if line.startswith("{"):
             return json.loads(line)
     raise BenchError(f"{label} printed no JSON: {tail(log)}")
-
-
-@contextlib.contextmanager
-def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    """A throw-away redis-server (no persistence) on a free loopback port, stopped by PID."""
-    from .raw_redis_echo import _redis_server_binary
-
-    port = free_port()
-    folder = tempfile.mkdtemp(prefix="bench-redis-")
-    proc = subprocess.Popen(
-        [_redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", folder, "--loglevel", "warning"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                    s.sendall(b"PING\r\n")
-                    if s.recv(16).startswith(b"+PONG"):
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise BenchError("redis-server did not start")
-            time.sleep(0.02)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 # -- configs --------------------------------------------------------------------
@@ -519,9 +483,8 @@ def machine_info() -> dict[str, Any]:
             versions[pkg] = metadata.version(pkg)
     info["packages"] = versions
     with contextlib.suppress(Exception):
-        from .raw_redis_echo import _redis_server_binary
 
-        out = subprocess.run([_redis_server_binary(), "--version"], capture_output=True, text=True, timeout=5)
+        out = subprocess.run([str(redis_binary()), "--version"], capture_output=True, text=True, timeout=5)
         info["redis_server"] = out.stdout.strip()
     return info
 

@@ -9,7 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    from cellnet.cell import Cell
 
 
 def free_port() -> int:
@@ -77,3 +80,20 @@ class Proc:
 
 def cellnet_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "cellnet", *args]
+
+
+async def until_reachable(cell: "Cell", dst: str, timeout: float = 15.0) -> None:
+    """Echo ``dst`` from ``cell`` until it answers; raise the last error after ``timeout``."""
+    import asyncio
+
+    from cellnet.errors import CellnetError
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await cell.request(dst, "cellnet", "echo", b"", timeout=1.0)
+            return
+        except CellnetError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)

@@ -3,7 +3,6 @@ behind serve requests, plain and reliable, with short budgets."""
 
 from __future__ import annotations
 
-import asyncio
 import sys
 import time
 from datetime import datetime
@@ -14,7 +13,7 @@ import pytest
 
 from cellnet import Cell
 from cellnet.config import Timeouts
-from tests.helpers import Proc, free_port, wait_port, write_config
+from tests.helpers import Proc, free_port, until_reachable, wait_port, write_config
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -53,12 +52,7 @@ async def test_requests_to_cells_with_shifted_clocks(skewed_bus: tuple[str, Path
     async with Cell("site-1", parent=url, timeouts=Timeouts(backoff_initial=0.05)) as site:
         await site.wait_parent(10)
         for name in ("ahead", "behind"):
-            for _ in range(100):  # wait for the cell to link
-                try:
-                    await site.request(name, "cellnet", "echo", b"", timeout=0.5)
-                    break
-                except Exception:
-                    await asyncio.sleep(0.05)
+            await until_reachable(site, name)
             for reliable in (False, True):
                 reply = await site.request(name, "cellnet", "echo", b"tick", timeout=0.5, reliable=reliable)
                 assert reply.payload == b"tick"

@@ -15,8 +15,8 @@ import pytest
 
 from cellnet import Cell
 from cellnet.config import Timeouts
-from cellnet.errors import CellnetError, RequestTimeout
-from tests.helpers import Proc, cellnet_cmd, free_port, wait_port, write_config
+from cellnet.errors import RequestTimeout
+from tests.helpers import Proc, cellnet_cmd, free_port, until_reachable, wait_port, write_config
 from tests.proxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(120)
@@ -62,18 +62,6 @@ def bus(tmp_path: Path) -> Iterator[Bus]:
         yield b
     finally:
         b.stop()
-
-
-async def until_reachable(cell: Cell, name: str, budget: float = 20.0) -> None:
-    deadline = time.monotonic() + budget
-    while True:
-        try:
-            await cell.request(name, "cellnet", "echo", b"", timeout=1)
-            return
-        except CellnetError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 async def counts(cell: Cell) -> dict[str, int]:

@@ -15,7 +15,7 @@ import pytest
 from cellnet.cell import Cell
 from cellnet.config import Timeouts
 from cellnet.errors import LinkLost, Unreachable
-from tests.helpers import Proc, cellnet_cmd, free_port, wait_port, write_config
+from tests.helpers import Proc, cellnet_cmd, free_port, until_reachable, wait_port, write_config
 
 SLOW_CELL = Path(__file__).with_name("slow_cell.py")
 FAST = Timeouts(backoff_initial=0.05, backoff_max=0.2)
@@ -58,18 +58,6 @@ def topo(tmp_path: Path) -> Iterator[Topology]:
         yield t
     finally:
         t.stop()
-
-
-async def _until_reachable(cell: Cell, dst: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            await cell.request(dst, "cellnet", "echo", b"", timeout=1.0)
-            return
-        except (Unreachable, LinkLost):
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.05)
 
 
 def test_ping_is_relayed_by_the_server(topo: Topology) -> None:
@@ -131,7 +119,7 @@ async def test_killed_site_fails_pending_requests_fast(topo: Topology) -> None:
     site2 = topo.start_slow_site("site-2")
     async with Cell("site-1", parent=topo.url, timeouts=FAST) as site1:
         await site1.wait_parent(10)
-        await _until_reachable(site1, "site-2")
+        await until_reachable(site1, "site-2")
         pending = asyncio.create_task(site1.request("site-2", "test", "sleep", b"30", timeout=60))
         await asyncio.sleep(0.3)  # let the request reach site-2's handler
         assert not pending.done()
@@ -149,12 +137,12 @@ async def test_clients_reconnect_after_server_restart(topo: Topology) -> None:
     topo.start_slow_site("site-2")
     async with Cell("site-1", parent=topo.url, timeouts=FAST) as site1:
         await site1.wait_parent(10)
-        await _until_reachable(site1, "site-2")
+        await until_reachable(site1, "site-2")
         server.kill()
         server.popen.wait(5)
         with pytest.raises((Unreachable, LinkLost)):
             await site1.request("site-2", "cellnet", "echo", b"", timeout=2)
         topo.start_server()
-        await _until_reachable(site1, "site-2", timeout=20)
+        await until_reachable(site1, "site-2", timeout=20)
         reply = await site1.request("site-2", "cellnet", "echo", b"again")
         assert reply.meta["route"] == ["site-1", "server", "site-2"]

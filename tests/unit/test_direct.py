@@ -12,6 +12,7 @@ import pytest
 from cellnet.cell import Cell
 from cellnet.config import Policy, Timeouts
 from cellnet.drivers.memory import MemoryDriver, MemoryNetwork
+from cellnet.errors import ConnectError
 from cellnet.introspect import status
 
 FAST = Timeouts(
@@ -124,7 +125,7 @@ async def test_a_link_the_policy_does_not_allow_is_refused(bus: Bus) -> None:
     intruder = Cell("mallory", parent="memory://site-1", drivers=bus.drivers, timeouts=FAST)
     bus.cells.append(intruder)
     await intruder.start()
-    with pytest.raises(Exception, match="policy does not allow"):
+    with pytest.raises(ConnectError, match="policy does not allow"):
         await intruder.wait_parent(0.5)
     assert "mallory" not in a.peers
 
