@@ -13,6 +13,15 @@ name (see :mod:`cellnet.routing`) and offers:
   a :class:`Reply` or ``None``;
 * ``await cell.aclose()``.
 
+Payloads of any size: a payload may be bytes, a file path or an async
+iterable of chunks. One larger than ``limits.chunk`` travels in chunks with
+credit-based flow control and resumes after a broken link (see
+:mod:`cellnet.transfer`). A handler registered with ``stream=True`` reads it
+as it arrives (``msg.stream``, a :class:`~cellnet.stream.Stream`: iterate,
+``read()`` or ``save(path)``); other handlers get it whole in
+``msg.payload``. ``request(..., stream_reply=True)`` returns a large reply
+the same way. ``progress=`` callbacks report the bytes acknowledged.
+
 Time budgets are relative (seconds), never wall-clock deadlines. A pending
 request fails at once with :class:`~cellnet.errors.LinkLost` when the link it
 left on dies, or with :class:`~cellnet.errors.Unreachable` when a relay loses
@@ -28,10 +37,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Awaitable, Callable, Iterable, Mapping, Sequence, Union
 
-from .codec import Frame, FrameLimits
+from .codec import Frame, FrameLimits, Kind
 from .config import Config, Limits, Policy, Timeouts
 from .driver import Driver, Listener, LinkOptions
 from .errors import (
@@ -45,6 +54,7 @@ from .errors import (
     RemoteError,
     RequestError,
     RequestTimeout,
+    TransferFailed,
     TransportError,
     Unreachable,
 )
@@ -52,6 +62,9 @@ from .links import PeerLink
 from .message import DEFAULT_MAX_HOPS, Message, MsgType, Status
 from .names import validate_name
 from .once import ReplyCache
+from .payload import PayloadLike, is_bytes, open_source
+from .stream import Progress, Stream
+from .transfer import Transfers
 from .registry import DriverRegistry, default_registry
 from .tls import TlsSettings
 from .direct import DirectLinks
@@ -70,7 +83,9 @@ ECHO_TOPIC = "echo"
 class Reply:
     """What a handler may return to set the reply's meta as well as its payload."""
 
-    payload: bytes | bytearray | memoryview = b""
+    #: bytes, or for a large reply a file path or an async iterable of
+    #: chunks (such as an incoming :class:`~cellnet.stream.Stream`)
+    payload: PayloadLike = b""
     meta: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -94,6 +109,8 @@ class _Relayed:
 
 
 _MSG_TYPES = frozenset(int(t) for t in MsgType)
+_CHUNK = int(MsgType.CHUNK)
+_CREDIT = int(MsgType.CREDIT)
 
 
 _STATUS_ERRORS: dict[Status, type[RequestError]] = {
@@ -101,6 +118,7 @@ _STATUS_ERRORS: dict[Status, type[RequestError]] = {
     Status.UNREACHABLE: Unreachable,
     Status.NO_HANDLER: NoHandler,
     Status.REMOTE_ERROR: RemoteError,
+    Status.TRANSFER_FAILED: TransferFailed,
 }
 
 
@@ -141,6 +159,7 @@ class Cell(LinkLifecycle):
         #: URLs other cells dial for a direct link (default: the bound listen URLs)
         self.advertise_urls: tuple[str, ...] = tuple(advertise)
         self.limits = limits or Limits()
+        self.limits.check()
         self.timeouts = timeouts or Timeouts()
         self.policy = policy or Policy()
         self._registry = _as_registry(drivers)
@@ -148,7 +167,7 @@ class Cell(LinkLifecycle):
         for url in self.parent_urls + self.listen_urls:
             self._registry.for_url(url).check_url(url)
         self._options = LinkOptions(
-            limits=FrameLimits(self.limits.max_header, self.limits.max_message),
+            limits=FrameLimits(self.limits.max_header, self.limits.max_frame),
             connect_timeout=self.timeouts.connect,
             tls=tls,
         )
@@ -160,11 +179,13 @@ class Cell(LinkLifecycle):
         self._pending: dict[str, _Pending] = {}
         self._relayed: dict[str, _Relayed] = {}
         self._handlers: dict[tuple[str, str], Handler] = {}
+        self._stream_handlers: set[tuple[str, str]] = set()
+        self._transfers = Transfers(self)
         self._once = ReplyCache()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
-        self.on(SYSTEM_CHANNEL, ECHO_TOPIC)(self._echo)
+        self.on(SYSTEM_CHANNEL, ECHO_TOPIC, stream=True)(self._echo)
         #: messages handled since the start (see :mod:`cellnet.introspect`)
         self.counters = Counters()
         #: ``time.monotonic()`` at :meth:`start`
@@ -242,6 +263,7 @@ class Cell(LinkLifecycle):
         if self._closed:
             return
         self._closed = True
+        await self._transfers.aclose()
         for listener in self._listeners:
             await listener.aclose()
         for link in list(self._links.values()):
@@ -297,23 +319,48 @@ class Cell(LinkLifecycle):
 
     # -- handlers ------------------------------------------------------------
 
-    def on(self, channel: str, topic: str = "*") -> Callable[[Handler], Handler]:
-        """Register ``handler`` for a channel and topic (``"*"``: any topic)."""
+    def on(self, channel: str, topic: str = "*", *, stream: bool = False) -> Callable[[Handler], Handler]:
+        """Register ``handler`` for a channel and topic (``"*"``: any topic).
+
+        With ``stream=True`` the handler is called as soon as a message
+        starts to arrive, with ``msg.stream`` to read its payload chunk by
+        chunk (bounded memory, any size); otherwise it is called with the
+        whole payload in ``msg.payload``.
+        """
 
         def register(handler: Handler) -> Handler:
-            self._handlers[(channel, topic)] = handler
+            key = (channel, topic)
+            self._handlers[key] = handler
+            if stream:
+                self._stream_handlers.add(key)
+            else:
+                self._stream_handlers.discard(key)
             return handler
 
         return register
 
     def remove_handler(self, channel: str, topic: str = "*") -> None:
         self._handlers.pop((channel, topic), None)
+        self._stream_handlers.discard((channel, topic))
+
+    def _handler_key(self, channel: str, topic: str) -> tuple[str, str] | None:
+        for key in ((channel, topic), (channel, "*")):
+            if key in self._handlers:
+                return key
+        return None
 
     def _handler_for(self, channel: str, topic: str) -> Handler | None:
-        return self._handlers.get((channel, topic)) or self._handlers.get((channel, "*"))
+        key = self._handler_key(channel, topic)
+        return None if key is None else self._handlers[key]
+
+    def _wants_stream(self, msg: Message) -> bool:
+        return self._handler_key(msg.channel, msg.topic) in self._stream_handlers
 
     async def _echo(self, msg: Message) -> Reply:
-        return Reply(msg.payload, {"route": list(msg.hops)})
+        meta = {"route": list(msg.hops)}
+        if msg.stream is not None and msg.stream.chunked:
+            return Reply(msg.stream, meta)  # echoed as it arrives
+        return Reply(msg.payload, meta)
 
     # -- sending -------------------------------------------------------------
 
@@ -321,42 +368,66 @@ class Cell(LinkLifecycle):
         if len(payload) > self.limits.max_message:
             raise MessageTooLarge(len(payload), self.limits.max_message)
 
+    def _streamed(self, payload: PayloadLike) -> bool:
+        """Whether ``payload`` travels in chunks rather than in one frame."""
+        return not is_bytes(payload) or len(payload) > self.limits.chunk  # type: ignore[arg-type]
+
     async def request(
         self,
         dst: str,
         channel: str,
         topic: str = "",
-        payload: bytes | bytearray | memoryview = b"",
+        payload: PayloadLike = b"",
         *,
         meta: Mapping[str, Any] | None = None,
         timeout: float | None = None,
         reliable: bool = False,
+        progress: Progress | None = None,
+        stream_reply: bool = False,
+        size: int | None = None,
+        checksum: bool = False,
     ) -> Message:
         """Send a request and wait for its reply.
 
+        ``payload`` is bytes, a file path (:class:`os.PathLike`) or an async
+        iterable of byte chunks (``size`` gives its length when known). A
+        payload larger than ``limits.chunk`` is streamed in chunks and
+        resumes after a broken link; ``progress(done, total)`` is called as
+        the destination acknowledges bytes, and ``checksum=True`` sends a
+        SHA-256 of the content that the receiving stream verifies.
+
         ``timeout`` is the relative time budget in seconds (default
-        ``timeouts.request``). With ``reliable=True`` the request is re-sent
+        ``timeouts.request``) for the whole request, the upload of a large
+        payload included. With ``reliable=True`` the request is re-sent
         under the same id after a lost link or a lost destination, until the
-        budget runs out; the destination runs the handler at most once.
+        budget runs out; the destination runs the handler at most once (a
+        streamed request is resumed instead, and is run once as well).
+
+        With ``stream_reply=True`` the reply's payload is left in
+        ``reply.stream`` to be read as it arrives; otherwise it is read
+        into ``reply.payload``.
 
         Raises :class:`RequestTimeout`, :class:`Unreachable`,
         :class:`LinkLost`, :class:`NoHandler`, :class:`RemoteError`,
-        :class:`MessageTooLarge` or :class:`CellClosed`.
+        :class:`MessageTooLarge`, :class:`TransferFailed` or
+        :class:`CellClosed`.
         """
         self._ensure_open()
         validate_name(dst)
-        self._check_size(payload)
+        if is_bytes(payload):
+            self._check_size(payload)  # type: ignore[arg-type]
         budget = self.timeouts.request if timeout is None else float(timeout)
         if budget <= 0:
             raise ValueError("timeout must be > 0")
         deadline = time.monotonic() + budget
+        streamed = self._streamed(payload)
         msg = Message(
             type=MsgType.REQUEST,
             src=self.name,
             dst=dst,
             channel=channel,
             topic=topic,
-            payload=payload,
+            payload=b"" if streamed else payload,  # type: ignore[arg-type]
             meta=meta or {},
             budget=budget,
             reliable=reliable,
@@ -364,7 +435,14 @@ class Cell(LinkLifecycle):
         )
         self.counters.requests_sent += 1
         if dst == self.name:
-            return await self._local_request(msg, budget)
+            if streamed:
+                msg = replace(msg, payload=await _read_all(payload, size, self.limits.max_message))
+            reply = await self._local_request(msg, budget)
+            return await self._finish_reply(reply, deadline, stream_reply)
+        if streamed:
+            source = open_source(payload, size)
+            reply = await self._request_streamed(msg, source, deadline, progress, checksum)
+            return await self._finish_reply(self._result(reply), deadline, stream_reply)
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -384,7 +462,74 @@ class Cell(LinkLifecycle):
             if reply.status is Status.UNREACHABLE and reliable:
                 await self._wait_route_change(min(deadline - time.monotonic(), 1.0))
                 continue
-            return self._result(reply)
+            return await self._finish_reply(self._result(reply), deadline, stream_reply)
+
+    async def _request_streamed(
+        self, msg: Message, source: Any, deadline: float, progress: Progress | None, checksum: bool
+    ) -> Message:
+        """Upload ``source`` as the payload of request ``msg``; return its reply.
+
+        The reply may come before the upload ends (a handler that answers
+        early, or one that streams its reply as the request arrives); the
+        upload then goes on in the background until the receiver has it or
+        stops reading. A broken path does not fail the request: the upload
+        resumes, and once it is complete a route change asks the
+        destination to send its reply again.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Message] = loop.create_future()
+        self._pending[msg.id] = _Pending(future)
+        upload = loop.create_task(
+            self._transfers.send(msg, source, deadline=deadline, progress=progress, checksum=checksum)
+        )
+        self._tasks.add(upload)
+        upload.add_done_callback(_upload_done)
+        upload.add_done_callback(self._tasks.discard)
+        try:
+            while not future.done():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise RequestTimeout(f"no reply from {msg.dst} within {msg.budget:g} s")
+                route_changed = loop.create_task(self._route_changed.wait())
+                try:
+                    waits: set[asyncio.Future[Any]] = {future, route_changed}
+                    if not upload.done():
+                        waits.add(upload)
+                    await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    route_changed.cancel()
+                if future.done():
+                    break
+                if upload.done():
+                    error = upload.exception()
+                    if error is not None:
+                        raise error
+                    if route_changed.done() and not route_changed.cancelled():
+                        self._transfers.ask_reply(msg.dst, msg.id)
+            return future.result()
+        except BaseException:
+            if not upload.done():
+                upload.cancel()
+            raise
+        finally:
+            self._pending.pop(msg.id, None)
+
+    async def _finish_reply(self, reply: Message, deadline: float, stream_reply: bool) -> Message:
+        """Give the reply in the form asked for: payload in a stream or in bytes."""
+        if stream_reply:
+            if reply.stream is None:
+                return replace(reply, stream=Stream.of(reply.payload))
+            return reply
+        if reply.stream is None:
+            return reply
+        left = deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(left, 0.001)):
+                payload = await reply.stream.read(self.limits.max_message)
+        except TimeoutError:
+            reply.stream.abandon()
+            raise RequestTimeout(f"the reply from {reply.src} did not arrive within the budget") from None
+        return replace(reply, payload=payload, stream=None)
 
     async def _attempt(self, msg: Message, left: float) -> Message:
         loop = asyncio.get_running_loop()
@@ -440,26 +585,47 @@ class Cell(LinkLifecycle):
         dst: str,
         channel: str,
         topic: str = "",
-        payload: bytes | bytearray | memoryview = b"",
+        payload: PayloadLike = b"",
         *,
         meta: Mapping[str, Any] | None = None,
+        timeout: float | None = None,
+        progress: Progress | None = None,
+        size: int | None = None,
+        checksum: bool = False,
     ) -> None:
-        """Fire-and-forget. Raises only when there is no first hop."""
+        """Fire-and-forget. Raises only when there is no first hop.
+
+        A payload larger than ``limits.chunk`` (or given as a file path or
+        an async iterable) is streamed: ``send`` then returns once the
+        destination holds all of it, and raises
+        :class:`~cellnet.errors.TransferFailed` if it cannot (``timeout``
+        bounds the whole transfer; by default only a stall does).
+        """
         self._ensure_open()
         validate_name(dst)
-        self._check_size(payload)
+        if is_bytes(payload):
+            self._check_size(payload)  # type: ignore[arg-type]
+        streamed = self._streamed(payload)
         msg = Message(
             type=MsgType.SEND,
             src=self.name,
             dst=dst,
             channel=channel,
             topic=topic,
-            payload=payload,
+            payload=b"" if streamed else payload,  # type: ignore[arg-type]
             meta=meta or {},
             hops=(self.name,),
         )
         if dst == self.name:
+            if streamed:
+                msg = replace(msg, payload=await _read_all(payload, size, self.limits.max_message))
             self._spawn(self._deliver_send(msg))
+            return
+        if streamed:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            await self._transfers.send(
+                msg, open_source(payload, size), deadline=deadline, progress=progress, checksum=checksum
+            )
             return
         hop = self._route(dst)
         if hop is None:
@@ -529,20 +695,90 @@ class Cell(LinkLifecycle):
         """Called by the link's receive loop, in order. Forwarding is awaited
         there, so a congested next hop slows the sender (bounded memory);
         handlers run in their own tasks."""
-        if frame.header.get("d") != self.name:
+        header = frame.header
+        if header.get("d") != self.name:
             return self._forward(link, frame)
+        kind = header.get("t")
+        if kind == _CHUNK:
+            self._transfers.on_chunk(frame)
+            return None
+        if kind == _CREDIT:
+            self._transfers.on_credit(frame)
+            return None
         msg = Message.from_frame(frame, hop=self.name)
         counters = self.counters
         if msg.type is MsgType.REPLY:
             counters.replies_received += 1
             self._on_reply(msg)
-        elif msg.type is MsgType.REQUEST:
+            return None
+        if self._wants_stream(msg):
+            msg = replace(msg, stream=Stream.of(msg.payload))
+        if msg.type is MsgType.REQUEST:
             counters.requests_served += 1
             self._spawn(self._serve_request(msg))
         else:
             counters.sends_delivered += 1
             self._spawn(self._deliver_send(msg))
         return None
+
+    def _stream_arrived(self, msg: Message) -> tuple[Status, str] | None:
+        """A streamed message began to arrive (see :mod:`cellnet.transfer`).
+        Dispatch it, or say why it is refused."""
+        if msg.type is MsgType.REPLY:
+            pending = self._pending.get(msg.reply_to or "")
+            if pending is None or pending.future.done():
+                return Status.UNREACHABLE, f"no request on {self.name} waits for this reply"
+            self.counters.replies_received += 1
+            pending.future.set_result(msg)
+            return None
+        if self._handler_for(msg.channel, msg.topic) is None:
+            return Status.NO_HANDLER, f"no handler for channel {msg.channel!r} topic {msg.topic!r}"
+        if not self._wants_stream(msg):
+            self._spawn(self._collect(msg))
+        elif msg.type is MsgType.REQUEST:
+            self.counters.requests_served += 1
+            self._spawn(self._serve_request(msg))
+        else:
+            self.counters.sends_delivered += 1
+            self._spawn(self._deliver_send(msg))
+        return None
+
+    async def _collect(self, msg: Message) -> None:
+        """Read a streamed payload whole, for a handler that wants bytes."""
+        assert msg.stream is not None
+        try:
+            payload = await msg.stream.read(self.limits.max_message)
+        except CellnetError as exc:
+            log.info("%s: %s from %s not delivered: %s", self.name, msg.type.name.lower(), msg.src, exc)
+            return
+        msg = replace(msg, payload=payload, stream=None)
+        if msg.type is MsgType.REQUEST:
+            self.counters.requests_served += 1
+            await self._serve_request(msg, streamed=True)
+        else:
+            self.counters.sends_delivered += 1
+            await self._deliver_send(msg)
+
+    def _send_control(self, frame: Frame) -> None:
+        """Send a small control frame (transfer credit) without waiting."""
+        hop = self._route(frame.header["d"])
+        if hop is None:
+            return
+        self._spawn(self._send_quietly(self._links[hop], frame))
+
+    async def _send_quietly(self, link: PeerLink, frame: Frame) -> None:
+        try:
+            await link.send_frame(frame)
+        except TransportError as exc:
+            log.debug("%s: control frame to %s lost: %s", self.name, link.name, exc)
+
+    def _resend_reply(self, src: str, msg_id: str) -> None:
+        """Send again the cached reply to streamed request ``msg_id``, if any."""
+        run, cached = self._once.begin(src, msg_id)
+        if run:
+            self._once.forget(src, msg_id)  # not ours to start
+        elif cached is not None:
+            self._spawn(self._send_reply(cached))
 
     def _on_reply(self, msg: Message) -> None:
         pending = self._pending.get(msg.reply_to or "")
@@ -559,6 +795,8 @@ class Cell(LinkLifecycle):
         max_hops = h.get("n", DEFAULT_MAX_HOPS)
         reason = loop_reason(self.name, hops, max_hops if isinstance(max_hops, int) else 0)
         hop = None if reason else self._route(dst)
+        if mtype == _CHUNK or mtype == _CREDIT:
+            return await self._forward_transfer(came_from, frame, hop, reason)
         if hop is None or (hop == came_from.name and hop != dst):
             if mtype == MsgType.REQUEST:
                 why = reason or f"no route to {dst}"
@@ -598,6 +836,46 @@ class Cell(LinkLifecycle):
                     Message.from_frame(frame), Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}"
                 )
 
+    async def _forward_transfer(
+        self, came_from: PeerLink, frame: Frame, hop: str | None, reason: str | None
+    ) -> None:
+        """Relay a piece of a chunked transfer as it comes. The relay keeps
+        no transfer state; it answers the sender itself only when it cannot
+        forward (no route, or a first chunk announcing a size over the next
+        hop's limit)."""
+        h = frame.header
+        is_chunk = h["t"] == _CHUNK
+        if hop is None or (hop == came_from.name and hop != h["d"]):
+            if is_chunk and h.get("x") is None:
+                self._transfer_error(h, Status.UNREACHABLE, reason or f"{self.name} has no route to {h['d']}")
+            return
+        link = self._links[hop]
+        size = h.get("z")
+        if is_chunk and isinstance(size, int) and size > link.peer.max_message:
+            limit = link.peer.max_message
+            self._transfer_error(
+                h, Status.TOO_LARGE, f"message of {size} bytes exceeds the limit of {limit} at {hop}",
+                size=size, limit=limit, at=hop,
+            )
+            return
+        h["h"].append(self.name)
+        self.counters.relayed += 1
+        try:
+            await link.send_frame(frame)
+        except TransportError as exc:
+            self._link_failed(link)
+            if is_chunk and h.get("x") is None:
+                self._transfer_error(h, Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}")
+
+    def _transfer_error(self, h: dict[str, Any], status: Status, text: str, **extra: Any) -> None:
+        src, xid = h.get("s"), h.get("i")
+        if not isinstance(src, str) or not isinstance(xid, str):
+            return
+        self._send_control(Frame(Kind.MESSAGE, {
+            "t": _CREDIT, "i": xid, "s": self.name, "d": src, "h": [self.name],
+            "x": int(status), "m": {"error": text, **extra},
+        }))
+
     def _expire_relayed(self) -> None:
         if len(self._relayed) < 1024:
             return
@@ -613,6 +891,16 @@ class Cell(LinkLifecycle):
         if reply.dst == self.name:
             self._on_reply(reply)
             return
+        if self._streamed(reply.payload):
+            budget = reply.budget
+            deadline = None if budget is None else time.monotonic() + budget
+            try:
+                await self._transfers.send(
+                    replace(reply, payload=b""), open_source(reply.payload), deadline=deadline
+                )
+            except CellnetError as exc:
+                log.info("%s: reply to %s not delivered: %s", self.name, reply.dst, exc)
+            return
         hop = self._route(reply.dst)
         if hop is None:
             log.debug("%s: reply to %s dropped: no route", self.name, reply.dst)
@@ -622,7 +910,21 @@ class Cell(LinkLifecycle):
         except TransportError as exc:
             log.debug("%s: reply to %s lost: %s", self.name, reply.dst, exc)
 
-    async def _serve_request(self, msg: Message) -> None:
+    async def _serve_request(self, msg: Message, *, streamed: bool = False) -> None:
+        if msg.stream is not None and msg.stream.chunked:
+            streamed = True
+        if streamed:
+            # Run once per transfer; keep a small reply to send again if asked.
+            self._once.begin(msg.src, msg.id)
+            reply = await self._run_handler(msg)
+            await self._send_reply(reply)
+            if msg.stream is not None and not msg.stream.done:
+                msg.stream.abandon()  # the handler is done: stop the sender
+            if is_bytes(reply.payload) and len(reply.payload) <= self.limits.chunk:
+                self._once.finish(msg.src, msg.id, reply)
+            else:
+                self._once.forget(msg.src, msg.id)
+            return
         if msg.reliable:
             run, cached = self._once.begin(msg.src, msg.id)
             if not run:
@@ -663,7 +965,7 @@ class Cell(LinkLifecycle):
             payload, meta = b"", {}
         else:
             payload, meta = result, {}
-        if len(payload) > self.limits.max_message:
+        if is_bytes(payload) and len(payload) > self.limits.max_message:  # type: ignore[arg-type]
             return msg.reply(
                 self.name,
                 status=Status.TOO_LARGE,
@@ -674,7 +976,7 @@ class Cell(LinkLifecycle):
                     "at": self.name,
                 },
             )
-        return msg.reply(self.name, payload, meta=meta)
+        return msg.reply(self.name, payload, meta=meta)  # type: ignore[arg-type]
 
     async def _deliver_send(self, msg: Message) -> None:
         handler = self._handler_for(msg.channel, msg.topic)
@@ -685,6 +987,9 @@ class Cell(LinkLifecycle):
             await handler(msg)
         except Exception:
             log.exception("%s: handler for %s/%s raised", self.name, msg.channel, msg.topic)
+        finally:
+            if msg.stream is not None and not msg.stream.done:
+                msg.stream.abandon()  # the handler is done: stop the sender
 
     # -- helpers -------------------------------------------------------------
 
@@ -696,3 +1001,25 @@ class Cell(LinkLifecycle):
         task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+
+def _upload_done(task: asyncio.Task[Any]) -> None:
+    """Retrieve the error of an upload that outlived its request."""
+    if not task.cancelled() and task.exception() is not None:
+        log.debug("upload ended: %s", task.exception())
+
+
+async def _read_all(payload: PayloadLike, size: int | None, limit: int) -> bytes:
+    """A payload in memory (for a request to this cell's own handler)."""
+    source = open_source(payload, size)
+    buf = bytearray()
+    try:
+        while True:
+            data = await source.read(len(buf), 1 << 20)
+            if not data:
+                return bytes(buf)
+            buf += data
+            if len(buf) > limit:
+                raise MessageTooLarge(len(buf), limit)
+    finally:
+        await source.aclose()

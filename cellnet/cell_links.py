@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .cell import _Pending, _Relayed
     from .config import Limits, Timeouts
     from .direct import DirectLinks
+    from .transfer import Transfers
     from .registry import DriverRegistry
 
 log = logging.getLogger("cellnet.cell")
@@ -50,6 +51,7 @@ class LinkLifecycle:
     _pending: dict[str, _Pending]
     _relayed: dict[str, _Relayed]
     _direct: DirectLinks
+    _transfers: Transfers
     _registry: DriverRegistry
     _options: LinkOptions
     _closed: bool
@@ -144,6 +146,7 @@ class LinkLifecycle:
         """Fail everything that depended on the link ``peer``."""
         if self._closed:
             return
+        self._transfers.link_lost(peer)
         name = peer.name
         for pending in self._pending.values():
             if pending.via is peer and not pending.future.done():

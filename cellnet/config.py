@@ -44,8 +44,14 @@ defaults::
     [limits]
     # Sizes are integers (bytes) or strings such as "64KiB", "1.5MiB",
     # "10MB" (see cellnet.sizes for every accepted unit).
-    max_message = "64MiB"  # largest message payload this cell sends or accepts
+    max_message = "8GiB"   # largest message payload this cell sends or accepts,
+                           # on every hop; larger payloads fail at the sender
     max_header = "64KiB"   # largest message header
+    chunk = "1MiB"         # payloads larger than this travel in chunks of this
+                           # size (at most 16MiB), with flow control and resume
+    window = "16MiB"       # credit per chunked transfer: bytes a sender may have
+                           # in flight, and what a receiver buffers at most;
+                           # must be >= chunk
     send_queue = 64        # frames buffered per link before senders wait
 
     [timeouts]
@@ -62,6 +68,8 @@ defaults::
     direct_retry = 2.0         # first wait before a failed or broken direct
                                # link is tried again (doubles while it fails)
     direct_retry_max = 300.0   # longest wait between direct-link attempts
+    transfer_resume = 30.0     # how long a chunked transfer whose path broke
+                               # waits for the other side before it fails
 
     [policy]
     # Name patterns of the cells this cell may link to directly instead of
@@ -128,9 +136,13 @@ from urllib.parse import urlsplit
 
 from .errors import CellnetError, ConfigError, DriverUnavailable, InvalidCellName
 from .names import match_pattern, validate_name
-from .sizes import KiB, MiB, parse_size
+from .sizes import GiB, KiB, MiB, parse_size
 from .sizes import _show  # one spelling of values in every error
 from .tls import SECURE_SCHEMES, TlsSettings
+
+#: bounds of ``limits.chunk``; every link accepts frames of MAX_CHUNK bytes
+MIN_CHUNK = 4 * KiB
+MAX_CHUNK = 16 * MiB
 
 # -- parsing one value -------------------------------------------------------
 #
@@ -332,9 +344,32 @@ class CellSection:
 class Limits:
     """``[limits]``: sizes in bytes and queue lengths."""
 
-    max_message: int = _key(64 * MiB, parse=_size)
+    max_message: int = _key(8 * GiB, parse=_size)
     max_header: int = _key(64 * KiB, parse=_size)
     send_queue: int = _key(64, parse=_count)
+    #: payloads larger than this travel in chunks of this size
+    chunk: int = _key(1 * MiB, parse=_size)
+    #: credit per chunked transfer (bytes in flight, and buffered at the receiver)
+    window: int = _key(16 * MiB, parse=_size)
+
+    @property
+    def max_frame(self) -> int:
+        """The largest frame payload a link accepts: one chunk, or a whole
+        message when messages are smaller than the largest chunk."""
+        return min(self.max_message, MAX_CHUNK)
+
+    def check(self, source: str = "limits") -> None:
+        """Raise :class:`ConfigError` when the sizes do not fit together."""
+        if not MIN_CHUNK <= self.chunk <= MAX_CHUNK:
+            raise ConfigError(
+                f"{source}: limits.chunk: expected a size from {MIN_CHUNK} to {MAX_CHUNK} bytes,"
+                f" got {self.chunk}"
+            )
+        if self.window < self.chunk:
+            raise ConfigError(
+                f"{source}: limits.window: expected a size >= limits.chunk ({self.chunk}),"
+                f" got {self.window}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +386,8 @@ class Timeouts:
     #: first wait before a direct link is tried again (doubles while it fails)
     direct_retry: float = _key(2.0, parse=_seconds)
     direct_retry_max: float = _key(300.0, parse=_seconds)
+    #: how long a broken chunked transfer waits for the other side
+    transfer_resume: float = _key(30.0, parse=_seconds)
 
 
 @dataclass(frozen=True, slots=True)
@@ -560,6 +597,7 @@ def _check(config: Config, ctx: _Ctx) -> None:
                 f"{ctx.source}: cell.listen: {url} is a TLS listener and needs"
                 " [tls] cert and key"
             )
+    config.limits.check(ctx.source)
     if t.heartbeat_timeout <= t.heartbeat_interval:
         raise ctx.error(
             "timeouts.heartbeat_timeout",

@@ -25,7 +25,9 @@ leaks out. The tree is split by what the caller can do about it::
     │   ├── Unreachable           no route to the destination, or it left
     │   ├── LinkLost              the link the request travelled on died
     │   ├── NoHandler             the destination has no handler for it
-    │   └── RemoteError           the remote handler raised
+    │   ├── RemoteError           the remote handler raised
+    │   └── TransferFailed        a streamed payload could not be completed
+    │       └── ChecksumMismatch  its content hash did not match
     └── CellClosed                the cell was closed; no more traffic
 """
 
@@ -141,6 +143,18 @@ class RemoteError(RequestError):
     """The remote handler raised; the message carries its error text."""
 
 
+class TransferFailed(RequestError):
+    """A payload streamed in chunks could not be completed: the other end
+    went away and the transfer did not resume within its time budget, the
+    receiver refused it, or the stream was cut. Raised on both ends; a file
+    being received is removed, never left looking complete."""
+
+
+class ChecksumMismatch(TransferFailed):
+    """A streamed payload arrived whole but its content hash differs from
+    the one the sender computed."""
+
+
 class CellClosed(CellnetError):
     """The cell has been closed."""
 
@@ -148,6 +162,7 @@ class CellClosed(CellnetError):
 __all__ = [
     "CellClosed",
     "CellnetError",
+    "ChecksumMismatch",
     "ConfigError",
     "ConnectError",
     "DriverError",
@@ -166,6 +181,7 @@ __all__ = [
     "RemoteError",
     "RequestError",
     "RequestTimeout",
+    "TransferFailed",
     "TransportError",
     "UnknownScheme",
     "Unreachable",

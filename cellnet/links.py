@@ -19,6 +19,11 @@ taken over.
 Heartbeats: each side sends ``PING`` when it has sent nothing for
 ``heartbeat_interval`` seconds. Any frame received counts as a sign of life;
 after ``heartbeat_timeout`` seconds of silence the link is declared broken.
+Time spent waiting to forward a message to a congested next hop does not
+count as silence (we are not reading then, the peer is not silent). During a
+long transfer chunks are frames too, so a link busy with one stays alive; a
+chunk must cross the link within ``heartbeat_timeout`` (1 MiB in 15 s is
+about 70 KB/s).
 """
 
 from __future__ import annotations
@@ -165,6 +170,7 @@ class PeerLink:
         self.close_reason: str | None = None
         #: a direct link between two cells that otherwise talk through the relay
         self.direct = False
+        self._forwarding = False
 
     @property
     def name(self) -> str:
@@ -190,7 +196,14 @@ class PeerLink:
                     self.received += 1
                     pending = on_message(self, frame)
                     if pending is not None:
-                        await pending
+                        # Forwarding waits for the next hop; while it does we
+                        # do not read, so the peer's silence is ours.
+                        self._forwarding = True
+                        try:
+                            await pending
+                        finally:
+                            self._forwarding = False
+                            self._last_rx = time.monotonic()
                 elif kind is Kind.PING or kind is Kind.PONG:
                     continue
                 elif kind is Kind.BYE:
@@ -213,7 +226,7 @@ class PeerLink:
         while True:
             await asyncio.sleep(step)
             now = time.monotonic()
-            if now - self._last_rx > self._timeout:
+            if now - self._last_rx > self._timeout and not self._forwarding:
                 self.close_reason = f"heartbeat timeout: nothing heard for {self._timeout:g} s"
                 log.warning("link to %s: %s", self.peer.name, self.close_reason)
                 await self.link.aclose()

@@ -11,10 +11,13 @@ from __future__ import annotations
 import enum
 import os
 from dataclasses import dataclass, field, replace
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from .codec import Frame, Kind
 from .errors import FrameError
+
+if TYPE_CHECKING:
+    from .stream import Stream
 
 DEFAULT_MAX_HOPS = 16
 
@@ -23,6 +26,8 @@ class MsgType(enum.IntEnum):
     REQUEST = 1  # expects exactly one REPLY
     REPLY = 2  # answers the request whose id is in ``reply_to``
     SEND = 3  # fire-and-forget
+    CHUNK = 4  # a piece of a streamed payload (see cellnet.transfer)
+    CREDIT = 5  # flow control and acknowledgement of a streamed payload
 
 
 class Status(enum.IntEnum):
@@ -35,6 +40,7 @@ class Status(enum.IntEnum):
     REMOTE_ERROR = 4  # the handler raised
     TOO_LARGE = 5  # a hop's size limit refused the message
     IN_PROGRESS = 6  # a retried reliable request is still running
+    TRANSFER_FAILED = 7  # a streamed payload could not be completed
 
 
 def new_id() -> str:
@@ -66,6 +72,10 @@ class Message:
     reliable: bool = False
     hops: tuple[str, ...] = ()
     max_hops: int = DEFAULT_MAX_HOPS
+    #: the payload as it arrives in chunks, for handlers registered with
+    #: ``stream=True`` and replies requested with ``stream_reply=True``
+    #: (``payload`` is then empty unless it came in one frame); not on the wire
+    stream: Stream | None = field(default=None, compare=False, repr=False)
 
     @property
     def ok(self) -> bool:

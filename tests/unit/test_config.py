@@ -89,7 +89,9 @@ def test_minimal_client(tmp_path: Path) -> None:
 
 def test_defaults(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, CLIENT))
-    assert config.limits == Limits(max_message=64 * MiB, max_header=64 * KiB, send_queue=64)
+    assert config.limits == Limits(
+        max_message=8 * GiB, max_header=64 * KiB, send_queue=64, chunk=1 * MiB, window=16 * MiB
+    )
     assert config.timeouts == Timeouts(
         connect=5.0,
         handshake=5.0,
