@@ -152,6 +152,9 @@ def decode_header(data: bytes | bytearray | memoryview) -> dict[str, Any]:
         raise FrameError(f"malformed frame header: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError(f"frame header must be a map, got {type(header).__name__}")
+    for key in header:
+        if not isinstance(key, str):
+            raise FrameError(f"frame header keys must be strings, got {type(key).__name__}")
     return header
 
 
