@@ -303,6 +303,11 @@ class Cell(LinkLifecycle):
     def peers(self) -> list[str]:
         return sorted(self._links)
 
+    def transfers(self) -> list[dict[str, Any]]:
+        """The chunked transfers in progress, in and out (see
+        :meth:`cellnet.transfer.Transfers.info`)."""
+        return self._transfers.info()
+
     def link_info(self) -> list[dict[str, Any]]:
         return [
             {
@@ -698,6 +703,18 @@ class Cell(LinkLifecycle):
         header = frame.header
         if header.get("d") != self.name:
             return self._forward(link, frame)
+        try:
+            return self._receive(link, frame)
+        except FrameError as exc:
+            src = header.get("s")
+            if src == link.name:
+                raise  # the neighbour itself misbehaves: its link closes
+            # Relayed from another cell: drop the message, keep the link.
+            log.warning("%s: dropped a malformed message from %r via %s: %s", self.name, src, link.name, exc)
+            return None
+
+    def _receive(self, link: PeerLink, frame: Frame) -> Awaitable[None] | None:
+        header = frame.header
         kind = header.get("t")
         if kind == _CHUNK:
             self._transfers.on_chunk(frame)

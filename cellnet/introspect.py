@@ -14,13 +14,19 @@ Every cell answers two requests on the system channel (``cellnet``):
                     "received": 9, "since": 1764828000.0}],
          "counters": {"requests_sent": 3, "requests_served": 2,
                       "sends_delivered": 0, "relayed": 0,
-                      "replies_received": 3}}
+                      "replies_received": 3},
+         "transfers": [{"id": "9f2c...", "direction": "out", "peer": "site-2",
+                        "done": 268435456, "size": 536870912}]}
 
     ``role`` is ``parent`` (the link this cell dialed to its parent),
     ``child`` (a cell that dialed this one as its parent) or ``direct`` (a
     direct link between two cells, see :mod:`cellnet.direct`); ``path`` is
     ``direct`` for direct links and ``relay`` for the others (traffic
-    between other cells may cross them). ``cellnet status -c`` prints it.
+    between other cells may cross them). ``transfers`` lists the chunked
+    transfers in progress (see :mod:`cellnet.transfer`): ``done`` is the
+    bytes the receiver acknowledged (``out``) or received (``in``);
+    ``size`` is ``null`` for a payload of unknown length. ``cellnet status
+    -c`` prints it.
 
 ``trace`` (payload: the destination's name)
     The cell sends an echo request to the destination and answers with the
@@ -99,6 +105,7 @@ def status(cell: Cell) -> dict[str, Any]:
         "uptime_s": round(time.monotonic() - cell.started_at, 3) if cell.started_at else 0.0,
         "links": sorted(links, key=lambda link: link["peer"]),
         "counters": asdict(cell.counters),
+        "transfers": cell.transfers(),
     }
 
 

@@ -107,6 +107,7 @@ class _Outbound:
     resync: bool = False
     rewind_to: int | None = None
     error: BaseException | None = None
+    link: PeerLink | None = None  # the first hop, pinned between re-syncs
     last_contact: float = field(default_factory=time.monotonic)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -142,6 +143,19 @@ class Transfers:
     def active(self) -> tuple[int, int]:
         """(outgoing, incoming) transfers in progress."""
         return len(self._out), len(self._in)
+
+    def info(self) -> list[dict[str, Any]]:
+        """The transfers in progress, for status reports: id, direction,
+        the other cell, bytes acknowledged (out) or received (in), size."""
+        rows = [
+            {"id": o.xid, "direction": "out", "peer": o.dst, "done": o.acked, "size": o.size}
+            for o in self._out.values()
+        ]
+        rows += [
+            {"id": i.xid, "direction": "in", "peer": i.src, "done": i.received, "size": i.size}
+            for i in self._in.values()
+        ]
+        return rows
 
     # -- sending -------------------------------------------------------------
 
@@ -307,12 +321,25 @@ class Transfers:
         return Frame(Kind.MESSAGE, header, payload)
 
     async def _emit(self, out: _Outbound, frame: Frame, *, first: bool = False) -> bool:
-        """Send one frame towards the receiver; False when the path is broken."""
+        """Send one frame towards the receiver; False when the path is broken.
+
+        The path is chosen when the sender (re-)synchronises (``first``) and
+        kept until the next one: chunks on one path arrive in order, while
+        switching paths mid-window (say, to a direct link that just came up)
+        would make the receiver see gaps and ask for re-sends.
+        """
         cell = self._cell
-        hop = cell._route(out.dst)
-        if hop is None:
-            return False
-        link = cell._links[hop]
+        if first or out.link is None:
+            hop = cell._route(out.dst)
+            if hop is None:
+                return False
+            link = cell._links[hop]
+            out.link = link
+        else:
+            link = out.link
+            hop = link.name
+            if cell._links.get(hop) is not link:
+                return False  # the pinned link is gone: re-synchronise
         if first and out.size is not None and out.size > link.peer.max_message:
             out.error = MessageTooLarge(out.size, link.peer.max_message, where=hop)
             raise out.error
@@ -332,6 +359,7 @@ class Transfers:
         frame = self._chunk_frame(
             out, {"k": out.sent, "x": int(Status.TRANSFER_FAILED), "m": {"error": reason}}
         )
+        out.link = None  # any path will do
         try:
             await asyncio.wait_for(self._emit(out, frame), 1.0)
         except (asyncio.TimeoutError, CellnetError):

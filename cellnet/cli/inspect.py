@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import typer
+
+from ..sizes import format_size
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -81,6 +83,18 @@ def status_command(
     console.print(table)
     counters = data.get("counters", {})
     console.print(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in counters.items()), highlight=False)
+    transfers = data.get("transfers") or []
+    if transfers:
+        table = Table("transfer", "direction", "peer", "done", "size")
+        for row in transfers:
+            size = row.get("size")
+            done = row.get("done", 0)
+            share = f" ({100 * done / size:.0f}%)" if size else ""
+            table.add_row(
+                str(row["id"])[:12], row["direction"], row["peer"], format_size(done) + share,
+                format_size(size) if size is not None else "?",
+            )
+        console.print(table)
 
 
 def route_command(

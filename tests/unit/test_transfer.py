@@ -384,3 +384,76 @@ async def test_send_of_a_large_payload_returns_once_delivered(bus: Bus) -> None:
             break
         await asyncio.sleep(0.01)
     assert got == [data]
+
+
+async def test_a_lying_sender_loses_its_transfer_not_the_links(bus: Bus, caplog: pytest.LogCaptureFixture) -> None:
+    from cellnet.codec import Frame, Kind
+    from cellnet.message import MsgType, Status
+
+    _, site1, site2 = await three(bus)
+    got: list[bytes] = []
+
+    @site2.on("sink", stream=True)
+    async def sink(msg: Message) -> None:
+        assert msg.stream is not None
+        try:
+            got.append(await msg.stream.read())
+        except TransferFailed:
+            got.append(b"failed")
+
+    credits: list[dict[str, object]] = []
+    original = site1._transfers.on_credit
+    site1._transfers.on_credit = lambda frame: (credits.append(dict(frame.header)), original(frame))  # type: ignore[method-assign]
+    link = site1._links["server"]
+
+    def frame(**fields: object) -> Frame:
+        header = {"t": int(MsgType.CHUNK), "i": "x1", "s": "site-1", "d": "site-2", "h": ["site-1"]}
+        header.update(fields)
+        return Frame(Kind.MESSAGE, header, fields.pop("payload", b""))  # type: ignore[arg-type]
+
+    # An envelope that is not a map, then one of a type that cannot be streamed.
+    await link.send_frame(frame(q=1, env=5, k=0))
+    await link.send_frame(frame(i="x2", q=1, env={"t": int(MsgType.CREDIT)}, k=0))
+    # A well-formed open, then data far past the credit it was granted.
+    await link.send_frame(frame(i="x3", q=1, env={"t": int(MsgType.SEND), "c": "sink", "o": "x"}, k=0, z=10 * WINDOW))
+    await asyncio.sleep(0.05)
+    await link.send_frame(Frame(Kind.MESSAGE, {
+        "t": int(MsgType.CHUNK), "i": "x3", "s": "site-1", "d": "site-2", "h": ["site-1"], "k": 0, "e": 0,
+    }, b"y" * (WINDOW + 1)))
+    for _ in range(50):
+        if got:
+            break
+        await asyncio.sleep(0.02)
+    assert got == [b"failed"]
+    assert any(c.get("i") == "x3" and c.get("x") == int(Status.TRANSFER_FAILED) for c in credits)
+    assert sum("dropped a malformed message" in r.getMessage() for r in caplog.records) == 2
+    # Every link is still up and carries traffic.
+    assert (await site1.request("site-2", "cellnet", "echo", b"still here")).payload == b"still here"
+    assert site1._links["server"] is link
+
+
+async def test_status_lists_transfers_in_progress(bus: Bus) -> None:
+    from cellnet.introspect import status
+
+    _, site1, site2 = await three(bus)
+    release = asyncio.Event()
+    reading = asyncio.Event()
+
+    @site2.on("slow", stream=True)
+    async def slow(msg: Message) -> bytes:
+        assert msg.stream is not None
+        async for _ in msg.stream:
+            reading.set()
+            await release.wait()
+        return b""
+
+    pending = asyncio.create_task(site1.request("site-2", "slow", "x", blob(20 * CHUNK), timeout=10))
+    await asyncio.wait_for(reading.wait(), 5)
+    (out,) = status(site1)["transfers"]
+    (inc,) = status(site2)["transfers"]
+    assert out["direction"] == "out" and out["peer"] == "site-2" and out["size"] == 20 * CHUNK
+    assert inc["direction"] == "in" and inc["peer"] == "site-1" and inc["id"] == out["id"]
+    assert 0 < inc["done"] <= WINDOW and out["done"] <= inc["done"]
+    release.set()
+    await pending
+    assert status(site1)["transfers"] == [] and status(site2)["transfers"] == []
