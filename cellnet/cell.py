@@ -10,7 +10,10 @@ name (see :mod:`cellnet.routing`) and offers:
 * ``await cell.send(...)``: fire-and-forget;
 * ``await cell.broadcast(targets, ...)``: one request to many cells;
 * ``@cell.on(channel, topic)``: register a handler; it returns ``bytes``,
-  a :class:`Reply` or ``None``;
+  a :class:`Reply` or ``None``; to refuse, it raises (the requester gets
+  :class:`~cellnet.errors.RemoteError` with the text; a
+  :class:`~cellnet.errors.CellnetError` such as ``RemoteError("exists")`` is
+  logged without a traceback, anything else with one);
 * ``await cell.aclose()``.
 
 Payloads of any size: a payload may be bytes, a file path or an async
@@ -183,6 +186,8 @@ class Cell(LinkLifecycle):
         self._transfers = Transfers(self)
         self._once = ReplyCache()
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: control frames on their way out (flushed by aclose)
+        self._control: set[asyncio.Task[Any]] = set()
         self._started = False
         self._closed = False
         self.on(SYSTEM_CHANNEL, ECHO_TOPIC, stream=True)(self._echo)
@@ -263,6 +268,10 @@ class Cell(LinkLifecycle):
         if self._closed:
             return
         self._closed = True
+        if self._control:
+            # Let queued acknowledgements out, so the other ends of finished
+            # transfers do not wait for them.
+            await asyncio.wait(list(self._control), timeout=0.5)
         await self._transfers.aclose()
         for listener in self._listeners:
             await listener.aclose()
@@ -781,7 +790,9 @@ class Cell(LinkLifecycle):
         hop = self._route(frame.header["d"])
         if hop is None:
             return
-        self._spawn(self._send_quietly(self._links[hop], frame))
+        task = asyncio.get_running_loop().create_task(self._send_quietly(self._links[hop], frame))
+        self._control.add(task)
+        task.add_done_callback(self._control.discard)
 
     async def _send_quietly(self, link: PeerLink, frame: Frame) -> None:
         try:
@@ -970,7 +981,11 @@ class Cell(LinkLifecycle):
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            log.exception("%s: handler for %s/%s raised", self.name, msg.channel, msg.topic)
+            if isinstance(exc, CellnetError):
+                # A deliberate refusal (e.g. RemoteError("file exists")): no traceback.
+                log.info("%s: handler for %s/%s refused: %s", self.name, msg.channel, msg.topic, exc)
+            else:
+                log.exception("%s: handler for %s/%s raised", self.name, msg.channel, msg.topic)
             return msg.reply(
                 self.name,
                 status=Status.REMOTE_ERROR,

@@ -457,3 +457,16 @@ async def test_status_lists_transfers_in_progress(bus: Bus) -> None:
     release.set()
     await pending
     assert status(site1)["transfers"] == [] and status(site2)["transfers"] == []
+
+
+async def test_closing_right_after_a_streamed_reply_still_acknowledges_it(bus: Bus) -> None:
+    _, site1, site2 = await three(bus)
+    reply = await site1.request("site-2", "cellnet", "echo", blob(8 * CHUNK), stream_reply=True, timeout=5)
+    assert reply.stream is not None
+    assert len(await reply.stream.read()) == 8 * CHUNK
+    await site1.aclose()
+    for _ in range(50):
+        if site2._transfers.active == (0, 0):
+            break
+        await asyncio.sleep(0.02)
+    assert site2._transfers.active == (0, 0)
