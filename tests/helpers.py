@@ -97,3 +97,19 @@ async def until_reachable(cell: "Cell", dst: str, timeout: float = 15.0) -> None
             if time.monotonic() > deadline:
                 raise
             await asyncio.sleep(0.05)
+
+
+def run_cellnet(*args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+    """Run one ``cellnet`` command to completion; stdout and stderr as text."""
+    return subprocess.run(cellnet_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def wait_output(proc: Proc, text: str, timeout: float = 10.0) -> None:
+    """Wait until ``text`` appears in the output of ``proc``."""
+    deadline = time.monotonic() + timeout
+    while text not in proc.output():
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.popen.returncode}:\n{proc.output()}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{text!r} not in the output after {timeout} s:\n{proc.output()}")
+        time.sleep(0.02)

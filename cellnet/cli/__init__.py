@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import inspect, ping, run
+from . import files, inspect, ping, run
 
 app = typer.Typer(
     name="cellnet",
@@ -21,6 +21,8 @@ app.command("run")(run.run_command)
 app.command("ping")(ping.ping_command)
 app.command("status")(inspect.status_command)
 app.command("route")(inspect.route_command)
+app.command("send-file")(files.send_file_command)
+app.command("receive")(files.receive_command)
 
 
 def _add_flower() -> None:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 from pathlib import Path
+from typing import Callable
 
 import typer
 
@@ -34,13 +35,19 @@ def run_command(
         raise fail(str(exc)) from None
 
 
-async def serve(cfg: Config) -> None:
-    """Start the cell (and any application in its config), wait for a signal, stop."""
+async def serve(cfg: Config, setup: Callable[[Cell], None] | None = None) -> None:
+    """Start the cell (and any application in its config), wait for a signal, stop.
+
+    ``setup(cell)`` runs before the cell starts, to register handlers (as
+    ``cellnet receive`` does) before any message can arrive.
+    """
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     cell = Cell.from_config(cfg)
+    if setup is not None:
+        setup(cell)
     async with contextlib.AsyncExitStack() as stack:
         await cell.start()
         stack.push_async_callback(cell.aclose)

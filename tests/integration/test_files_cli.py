@@ -1,0 +1,128 @@
+"""``cellnet send-file`` and ``cellnet receive`` (and a streamed ``cellnet ping``)
+between real processes over TCP on loopback.
+
+The server relays; site-2 runs ``cellnet receive DIR``; the commands run from
+site-1's config, so every file and ping crosses the server.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from cellnet.files import UnsafeName, safe_name
+from tests.helpers import Proc, cellnet_cmd, free_port, run_cellnet, wait_output, wait_port, write_config
+
+
+@dataclass
+class Bus:
+    tmp: Path
+    inbox: Path
+    site1: Path  # the config the commands run with
+    receiver: Proc
+
+
+@pytest.fixture(scope="module")
+def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
+    tmp = tmp_path_factory.mktemp("files")
+    port = free_port()
+    url = f"tcp://127.0.0.1:{port}"
+    write_config(tmp / "server.toml", f'[cell]\nname = "server"\nlisten = ["{url}"]\n')
+    for site in ("site-1", "site-2"):
+        write_config(
+            tmp / f"{site}.toml",
+            f'[cell]\nname = "{site}"\nparent = "{url}"\n'
+            "[timeouts]\nbackoff_initial = 0.05\nbackoff_max = 0.5\n",
+        )
+    inbox = tmp / "inbox"
+    server = Proc(cellnet_cmd("run", "-c", str(tmp / "server.toml")), tmp / "server.log")
+    procs = [server]
+    try:
+        wait_port(port, proc=server.popen)
+        receiver = Proc(cellnet_cmd("receive", str(inbox), "-c", str(tmp / "site-2.toml")), tmp / "site-2.log")
+        procs.append(receiver)
+        wait_output(receiver, "site-2: linked to server")
+        yield Bus(tmp, inbox, tmp / "site-1.toml", receiver)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Files in progress the receiver failed to clean up."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial"))
+
+
+def test_a_large_file_arrives_byte_identical(bus: Bus) -> None:
+    src = bus.tmp / "model.bin"
+    src.write_bytes(os.urandom(40 * 1024 * 1024))
+    digest = sha256(src)
+    out = run_cellnet("send-file", str(src), "site-2", "-c", str(bus.site1))
+    assert out.returncode == 0, out.stderr
+    assert f"sha256: {digest}" in out.stdout
+    assert "route: site-1 -> server -> site-2" in out.stdout
+    assert "MB/s" in out.stdout
+    stored = bus.inbox / "model.bin"
+    assert stored.stat().st_size == src.stat().st_size and sha256(stored) == digest
+    assert leftovers(bus.inbox) == []
+    wait_output(bus.receiver, f"received model.bin (41943040 bytes, sha256 {digest}) from site-1")
+
+
+def test_a_name_leaving_the_folder_is_refused(bus: Bus) -> None:
+    src = bus.tmp / "payload.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    before = sorted(p.name for p in bus.tmp.iterdir())
+    out = run_cellnet("send-file", str(src), "site-2", "-c", str(bus.site1), "--name", "../escaped.bin", "--json")
+    assert out.returncode == 1, out.stderr
+    error = json.loads(out.stdout)
+    assert error["error"] == "RemoteError" and "path separator" in error["message"]
+    assert sorted(p.name for p in bus.tmp.iterdir()) == before  # nothing written beside the inbox
+    assert not (bus.inbox / "escaped.bin").exists() and leftovers(bus.inbox) == []
+
+
+def test_an_existing_file_is_not_overwritten(bus: Bus) -> None:
+    kept = bus.inbox / "report.csv"
+    kept.write_bytes(b"the receiver's own copy\n")
+    src = bus.tmp / "report.csv"
+    src.write_bytes(os.urandom(2 * 1024 * 1024))
+    out = run_cellnet("send-file", str(src), "site-2", "-c", str(bus.site1))
+    assert out.returncode == 1
+    assert "exists" in out.stderr and "not overwritten" in out.stderr
+    assert kept.read_bytes() == b"the receiver's own copy\n"
+    assert leftovers(bus.inbox) == []
+
+
+def test_a_streamed_ping_is_relayed(bus: Bus) -> None:
+    out = run_cellnet("ping", "site-2", "-c", str(bus.site1), "--size", "64MiB", "--count", "1", "--json")
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["route"] == ["site-1", "server", "site-2"]
+    assert result["size"] == 64 * 1024 * 1024 and result["count"] == 1
+    assert result["mb_per_s"] > 0
+
+
+def test_a_missing_file_is_a_usage_error(bus: Bus) -> None:
+    out = run_cellnet("send-file", str(bus.tmp / "absent.bin"), "site-2", "-c", str(bus.site1))
+    assert out.returncode == 2
+    assert "no such file" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["..", ".", "...", "a/b", "..\\b", ".hidden", "", "tab\tname", "x" * 256])
+def test_unsafe_names_are_refused(name: str) -> None:
+    with pytest.raises(UnsafeName):
+        safe_name(name)
+
+
+@pytest.mark.parametrize("name", ["model.bin", "a..b", "résumé.pdf", "x" * 255])
+def test_plain_names_are_kept(name: str) -> None:
+    assert safe_name(name) == name
