@@ -2,6 +2,8 @@
 
 ``cellnet bench [--config FILE] [--quick] [--out DIR]``, also
 ``python -m cellnet.benchmarks [--config FILE] [--quick] [--out DIR]``.
+With ``--large`` either runs the large-message benchmark instead
+(:mod:`cellnet.benchmarks.large`: 64 MiB to 2 GiB streamed into a file).
 
 What it runs
     For each driver (``tcp``, ``grpc``, ``http``, ``redis``) the harness first
@@ -80,6 +82,10 @@ Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
     ``baseline_min_count`` (default: 3)
     ``baseline_max_count`` (default: 2000)
     ``ready_timeout``      seconds the cells may take to link (default: 60)
+
+    Table ``[large]`` (and ``[large.quick]``) configures the large-message
+    benchmark, ``cellnet bench --large`` (:mod:`cellnet.benchmarks.large`);
+    this harness ignores it.
 
     Table ``[quick]``: the same keys, applied over ``[bench]`` with
     ``--quick`` (default: sizes 100B, 64KiB, 1MiB; 1 repetition; duration
@@ -237,9 +243,10 @@ def load_bench_config(path: Path | None, quick: bool) -> BenchConfig:
             data = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise BenchError(f"{path}: {exc}") from None
-        unknown = set(data) - {"bench", "quick"}
+        # [large] belongs to the large-message benchmark (cellnet.benchmarks.large).
+        unknown = set(data) - {"bench", "quick", "large"}
         if unknown:
-            raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench] and [quick]")
+            raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench], [quick] and [large]")
     cfg.apply(data.get("bench", {}), "bench")
     if quick:
         cfg.apply(data.get("quick", BenchConfig.QUICK), "quick")
@@ -588,6 +595,18 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
     return 1 if failed else 0
 
 
+def _run_large(config: Path | None, quick: bool, out: Path, keep: bool, show_progress: bool) -> int:
+    """``--large``: the large-message benchmark with the ``[large]`` table of ``config``."""
+    from .large import load_large_config, run as run_large
+
+    try:
+        cfg = load_large_config(config, quick)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return run_large(cfg, out, quick=quick, keep=keep, show_progress=show_progress)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks",
                                      description=(__doc__ or "").splitlines()[0])
@@ -596,7 +615,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder")
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--large", action="store_true",
+                        help="run the large-message benchmark instead (cellnet.benchmarks.large)")
     args = parser.parse_args(argv)
+    if args.large:
+        return _run_large(args.config, args.quick, args.out, args.keep, not args.no_progress)
     try:
         cfg = load_bench_config(args.config, args.quick)
     except BenchError as exc:
@@ -609,8 +632,12 @@ def bench_command(
     quick: bool = typer.Option(False, "--quick", help="A small matrix that runs in under a minute."),
     out: Path = typer.Option(Path("bench-results"), "--out", "-o", help="Folder for results.json, results.md, PNGs."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder with configs and logs."),
+    large: bool = typer.Option(False, "--large", help="Run the large-message benchmark instead: 64 MiB to 2 GiB "
+                               "streamed into a file (the large table of the config; writes large.json, large.md)."),
 ) -> None:
     """Benchmark every transport: drivers x topologies x payload sizes x concurrency."""
+    if large:
+        raise typer.Exit(_run_large(config, quick, out, keep, True))
     try:
         cfg = load_bench_config(config, quick)
     except BenchError as exc:

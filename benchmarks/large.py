@@ -1,0 +1,779 @@
+"""The large-message benchmark: streaming 64 MiB to 2 GiB into a file, beside raw TCP.
+
+``python -m cellnet.benchmarks.large [--config FILE] [--quick] [--out DIR]
+[--drivers tcp,http] [--topologies client-server,relayed] [--sizes 64MiB,512MiB]
+[--repetitions N] [--tmp DIR] [--keep] [--no-progress]``, also
+``cellnet bench --large [--config FILE] [--quick] [--out DIR]``.
+
+Why it exists
+    ``cellnet bench`` measures echoes up to 64 MiB, where a payload is held in
+    memory on both ends. A payload of any size is streamed instead: cut into
+    ``[limits] chunk`` pieces and sent as far as the receiver grants credit
+    (``[limits] window``), so every process should hold about one window,
+    however large the payload. This benchmark checks that claim where it
+    matters (the throughput of a relay, and how much memory it needs) with
+    payloads far larger than a window.
+
+What it runs
+    For each driver (``tcp`` and ``http``, the WebSocket driver) it writes
+    the cell configs :func:`cellnet.benchmarks.harness.cell_configs` writes
+    for ``cellnet bench`` (free loopback ports) and starts three OS
+    processes of this module's ``worker`` mode: ``server`` (listens),
+    ``site-2`` (dials the server) and the sender ``site-1`` (dials the
+    server; no direct policy, so site to site traffic goes through the
+    server). Topologies:
+
+    * ``client-server``: ``site-1 -> server``; the server is the receiver;
+    * ``relayed``: ``site-1 -> server -> site-2``; the server relays every
+      chunk, site-2 is the receiver.
+
+    Every measurement sends one request whose payload is an async iterable
+    of ``block``-sized blocks, cycled from a pool of ``blocks`` seeded
+    random blocks generated before the measurement (so no process ever holds
+    the payload as one bytes object). The receiver's stream handler writes
+    the payload into a file in a temporary folder with ``Stream.save``
+    (which writes ``<name>.partial``, fsyncs it and renames it), then answers
+    with the byte count. The benchmark checks the count and the file's size
+    on disk against the size sent and deletes the file.
+
+    Before each measurement the benchmark reads ``VmRSS`` of every process
+    (the baseline) and resets its peak (``/proc/PID/clear_refs``); after it,
+    it reads ``VmHWM`` (the peak). Growth = peak - baseline: the memory the
+    transfer needed on top of what the process already held.
+
+    In the same run, first, the raw baseline :mod:`cellnet.benchmarks.raw_stream`
+    (one asyncio TCP connection between two processes, a counting sink)
+    moves the same number of bytes in 1 MiB messages, once per repetition.
+
+Figures (per measurement; then median and min-max over the repetitions)
+    MB/s = payload bytes / wall time from the start of the request to its
+    reply (1 MB = 10^6 bytes; the payload is counted once), the ratio to the
+    raw baseline of the same size, the receiver's time in ``Stream.save``,
+    and per role (sender, relay, receiver) the baseline, peak and growth of
+    the resident set in KiB.
+
+Output (into ``--out DIR``, default ``bench-results``)
+    ``large.json`` (every figure of every repetition, the config, the
+    machine: Python, platform, CPUs, package versions) and ``large.md`` (the
+    Markdown tables, also printed on stdout). A rich progress bar shows the
+    run on stderr. The exit code is 1 when a measurement failed or a byte
+    count was wrong.
+
+Config file (TOML; table ``[large]``, every key optional; ``[large.quick]``
+is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
+
+    ``drivers``             from tcp, http (default: both)
+    ``topologies``          from client-server, relayed (default: both)
+    ``sizes``               payload sizes, bytes or units like "512MiB"
+                            (default: 64MiB, 512MiB, 2GiB)
+    ``repetitions``         repetitions of every measurement (default: 3)
+    ``repetitions_by_size`` a table size -> repetitions overriding it
+                            (default: {"2GiB" = 1})
+    ``seed``                seed of the payload blocks (default: 1)
+    ``block``               bytes per block the sender yields (default: "1MiB")
+    ``blocks``              blocks in the sender's pool (default: 8)
+    ``chunk``, ``window``   ``[limits]`` of the cells (default: the cell defaults)
+    ``timeout``             seconds each request may take (default: 600)
+    ``baselines``           run the raw TCP baseline (default: true)
+    ``ready_timeout``       seconds the cells may take to link (default: 60)
+    ``tmp``                 folder for the received files (default: ``/dev/shm``
+                            when it is a writable folder, else the system's
+                            temporary folder). A memory-backed folder keeps the
+                            disk out of the figures: ``Stream.save`` fsyncs the
+                            file, and on a disk that flush dominates the time.
+                            Give a disk folder to measure transport and disk.
+
+    ``--quick`` defaults to sizes ["64MiB"], 1 repetition (about 20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .drivers import BenchError, Procs, machine_info, tail
+from .report import fmt_size
+
+KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
+DRIVERS = ("tcp", "http")
+TOPOLOGIES = ("client-server", "relayed")
+TOPOLOGY_LABELS = {"client-server": "client->server", "relayed": "site->server->site relayed"}
+#: topology -> (receiver cell, relay cell or None); the sender is always site-1
+PATHS: dict[str, tuple[str, str | None]] = {
+    "client-server": ("server", None),
+    "relayed": ("site-2", "server"),
+}
+EXPECTED_ROUTES = {
+    "client-server": ["site-1", "server"],
+    "relayed": ["site-1", "server", "site-2"],
+}
+ROLES = ("sender", "relay", "receiver")
+CHANNEL, TOPIC = "bench", "large"
+
+
+def _size(value: Any, key: str) -> int:
+    from cellnet.errors import ConfigError
+    from cellnet.sizes import parse_size
+
+    try:
+        return parse_size(value, key=key)
+    except ConfigError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def _positive_int(value: Any, ctx: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise BenchError(f"{ctx}: expected an integer >= 1")
+    return value
+
+
+def _names(value: Any, ctx: str, known: tuple[str, ...]) -> list[str]:
+    if not isinstance(value, list) or not value:
+        raise BenchError(f"{ctx}: expected a non-empty list")
+    names = [str(v) for v in value]
+    bad = [v for v in names if v not in known]
+    if bad:
+        raise BenchError(f"{ctx}: unknown {bad}; choose from {', '.join(known)}")
+    return names
+
+
+@dataclass
+class LargeConfig:
+    drivers: list[str] = field(default_factory=lambda: list(DRIVERS))
+    topologies: list[str] = field(default_factory=lambda: list(TOPOLOGIES))
+    sizes: list[int] = field(default_factory=lambda: [64 * MIB, 512 * MIB, 2 * GIB])
+    repetitions: int = 3
+    repetitions_by_size: dict[int, int] = field(default_factory=lambda: {2 * GIB: 1})
+    seed: int = 1
+    block: int = MIB
+    blocks: int = 8
+    chunk: int | None = None
+    window: int | None = None
+    timeout: float = 600.0
+    baselines: bool = True
+    ready_timeout: float = 60.0
+    tmp: str | None = None
+
+    QUICK = {"sizes": ["64MiB"], "repetitions": 1}
+
+    def apply(self, table: dict[str, Any], where: str) -> None:
+        names = {f.name for f in dataclasses.fields(self)}
+        for key, value in table.items():
+            ctx = f"{where}.{key}"
+            if key == "quick" and isinstance(value, dict):
+                continue  # the [large.quick] sub-table, applied separately
+            if key not in names:
+                raise BenchError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(names))}")
+            if key == "drivers":
+                value = _names(value, ctx, DRIVERS)
+            elif key == "topologies":
+                value = _names(value, ctx, TOPOLOGIES)
+            elif key == "sizes":
+                if not isinstance(value, list) or not value:
+                    raise BenchError(f"{ctx}: expected a non-empty list")
+                value = sorted({_size(v, ctx) for v in value})
+            elif key == "repetitions_by_size":
+                if not isinstance(value, dict):
+                    raise BenchError(f"{ctx}: expected a table of size = repetitions")
+                value = {_size(k, ctx): _positive_int(v, ctx) for k, v in value.items()}
+            elif key in ("block", "chunk", "window"):
+                value = _size(value, ctx)
+            elif key in ("timeout", "ready_timeout"):
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                    raise BenchError(f"{ctx}: expected a positive number of seconds")
+                value = float(value)
+            elif key == "baselines":
+                if not isinstance(value, bool):
+                    raise BenchError(f"{ctx}: expected true or false")
+            elif key == "tmp":
+                value = str(value)
+            elif key == "seed":
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise BenchError(f"{ctx}: expected an integer >= 0")
+            else:
+                value = _positive_int(value, ctx)
+            setattr(self, key, value)
+
+    def reps(self, size: int) -> int:
+        """Repetitions of ``size``: fewer for the largest sizes, which take longest."""
+        return self.repetitions_by_size.get(size, self.repetitions)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["repetitions_by_size"] = {str(k): v for k, v in self.repetitions_by_size.items()}
+        return data
+
+
+def load_large_config(path: Path | None, quick: bool) -> LargeConfig:
+    """The config from ``[large]`` (and with ``quick``, ``[large.quick]``) of ``path``."""
+    cfg = LargeConfig()
+    table: dict[str, Any] = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text()).get("large", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise BenchError(f"{path}: {exc}") from None
+    cfg.apply(table, "large")
+    if quick:
+        cfg.apply(table.get("quick", LargeConfig.QUICK), "large.quick")
+    return cfg
+
+
+def files_folder(tmp: str | None) -> str | None:
+    """The parent folder of the received files: ``tmp``, else ``/dev/shm`` if usable, else None."""
+    if tmp is not None:
+        return tmp
+    if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+        return "/dev/shm"
+    return None
+
+
+def filesystem_of(path: Path) -> str | None:
+    """The type of the file system ``path`` is on (``tmpfs``, ``ext4``...), from /proc/mounts."""
+    best, fstype = "", None
+    with contextlib.suppress(OSError):
+        real = str(path.resolve())
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 2 and (real == parts[1] or real.startswith(parts[1].rstrip("/") + "/")):
+                if len(parts[1]) > len(best):
+                    best, fstype = parts[1], parts[2]
+    return fstype
+
+
+# -- /proc ---------------------------------------------------------------------
+
+
+def proc_kib(pid: int | str, key: str) -> int | None:
+    """A ``kB`` field of ``/proc/PID/status`` (``VmRSS``, ``VmHWM``), or None."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def reset_peak(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+# -- worker processes --------------------------------------------------------------
+
+
+def emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()
+
+
+def _register_sink(cell: Any, files: Path) -> None:
+    """The stream handler every worker cell has: the payload into a file, answer its size."""
+
+    @cell.on(CHANNEL, TOPIC, stream=True)
+    async def sink(msg: Any) -> bytes:
+        path = files / f"{cell.name}-{uuid.uuid4().hex}.bin"
+        t0 = time.perf_counter()
+        await msg.stream.save(path)
+        save_s = time.perf_counter() - t0
+        # Not deleted here: the benchmark checks the file's size first, and
+        # deleting a large file would add to the measured time.
+        return json.dumps({"bytes": path.stat().st_size, "file": str(path), "save_s": save_s,
+                           "chunked": bool(msg.stream.chunked)}).encode()
+
+
+async def _blocks(pool: list[bytes], size: int) -> AsyncIterator[bytes]:
+    full, rest = divmod(size, len(pool[0]))
+    for i in range(full):
+        yield pool[i % len(pool)]
+    if rest:
+        yield pool[full % len(pool)][:rest]
+
+
+async def _wait_ready(cell: Any, budget: float) -> dict[str, list[str]]:
+    """Wait until both receivers answer echoes; return the routes they record."""
+    from cellnet.cell import ECHO_TOPIC, SYSTEM_CHANNEL
+    from cellnet.errors import CellnetError
+
+    deadline = time.monotonic() + budget
+    last = ""
+    while time.monotonic() < deadline:
+        try:
+            routes = {}
+            for topo, (receiver, _relay) in PATHS.items():
+                reply = await cell.request(receiver, SYSTEM_CHANNEL, ECHO_TOPIC, b"ready?", timeout=2.0)
+                routes[topo] = [str(x) for x in reply.meta.get("route", [])]
+            return routes
+        except CellnetError as exc:
+            last = f"{type(exc).__name__}: {exc}"
+        await asyncio.sleep(0.05)
+    raise SystemExit(f"cells not ready within {budget:g} s: {last}")
+
+
+async def run_worker(config: Path, files: Path, sender: bool, seed: int, block: int, blocks: int,
+                     ready_budget: float) -> None:
+    """One cell of the benchmark. The sender takes tasks on stdin; the others run until SIGTERM."""
+    from cellnet import Cell
+    from cellnet.config import load_config
+
+    cell = Cell.from_config(load_config(config))
+    _register_sink(cell, files)
+    await cell.start()
+    try:
+        if not sender:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            emit({"ready": True, "pid": os.getpid()})
+            await stop.wait()
+            return
+        # Generated before any measurement: part of the baseline, not of the peak.
+        pool = [random.Random(f"{seed}:{i}").randbytes(block) for i in range(blocks)]
+        emit({"ready": {"routes": await _wait_ready(cell, ready_budget)}})
+        loop = asyncio.get_running_loop()
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line or line.strip() == "quit":
+                break
+            task = json.loads(line)
+            size = int(task["size"])
+            receiver, _relay = PATHS[task["topology"]]
+            try:
+                t0 = time.perf_counter()
+                reply = await cell.request(receiver, CHANNEL, TOPIC, _blocks(pool, size), size=size,
+                                           timeout=float(task["timeout"]))
+                elapsed = time.perf_counter() - t0
+                result: dict[str, Any] = {"elapsed_s": elapsed, "mb_per_s": size / elapsed / 1e6,
+                                          **json.loads(bytes(reply.payload))}
+            except Exception as exc:  # reported; the benchmark goes on
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            emit(result)
+    finally:
+        await cell.aclose()
+
+
+# -- one driver -------------------------------------------------------------------------
+
+
+def _cell_configs(driver: str, cfg: LargeConfig) -> dict[str, str]:
+    """The configs ``cellnet bench`` uses, with the message limit and ``[limits]`` of this run."""
+    from .harness import BenchConfig, cell_configs
+
+    bench = BenchConfig(drivers=[driver], max_message=max(cfg.sizes) + 64 * KIB, timeout=cfg.timeout)
+    configs = cell_configs(driver, bench, None)
+    extra = "".join(f"{k} = {v}\n" for k, v in (("chunk", cfg.chunk), ("window", cfg.window)) if v)
+    return {name: text.replace("[limits]\n", "[limits]\n" + extra, 1) for name, text in configs.items()}
+
+
+def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance: Callable[[str], None],
+               measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    """Measure one driver; measurements are appended to the list; returns the group's record."""
+    from .harness import LineReader
+
+    group: dict[str, Any] = {"driver": driver}
+    procs = Procs(folder)
+    py = sys.executable
+    files.mkdir(parents=True, exist_ok=True)
+    try:
+        advance(f"{driver}: linking cells")
+        configs = _cell_configs(driver, cfg)
+        for name, text in configs.items():
+            (folder / f"{name}.toml").write_text(text)
+        worker_args = [py, "-m", "cellnet.benchmarks.large", "worker", "--files", str(files),
+                       "--seed", str(cfg.seed), "--block", str(cfg.block), "--blocks", str(cfg.blocks),
+                       "--ready-budget", str(cfg.ready_timeout)]
+        pids: dict[str, int] = {}
+        for name in ("server", "site-2"):
+            pids[name] = procs.start(f"{driver}-{name}", [*worker_args, str(folder / f"{name}.toml")]).pid
+        log = open(folder / f"{driver}-site-1.log", "wb")
+        sender = subprocess.Popen([*worker_args, "--sender", str(folder / "site-1.toml")],
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                  start_new_session=True)
+        log.close()
+        procs.procs.append((f"{driver}-site-1", sender, folder / f"{driver}-site-1.log"))
+        pids["site-1"] = sender.pid
+        group["pids"] = dict(pids)
+        reader = LineReader(sender.stdout)
+        group["routes"] = reader.json(cfg.ready_timeout + 30, f"{driver}: linking")["ready"]["routes"]
+        assert sender.stdin is not None
+        for size in cfg.sizes:
+            for rep in range(cfg.reps(size)):
+                for topo in cfg.topologies:
+                    advance(f"{driver} {topo} {fmt_size(size)} rep {rep + 1}")
+                    procs.check_alive()
+                    receiver, relay = PATHS[topo]
+                    roles = {"sender": "site-1", "receiver": receiver, **({"relay": relay} if relay else {})}
+                    baseline = {name: proc_kib(pid, "VmRSS") for name, pid in pids.items()}
+                    reset = all([reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
+                    task = {"topology": topo, "size": size, "timeout": cfg.timeout}
+                    sender.stdin.write((json.dumps(task) + "\n").encode())
+                    sender.stdin.flush()
+                    res = reader.json(cfg.timeout + 60, f"{driver} {topo} {fmt_size(size)}")
+                    peak = {name: proc_kib(pid, "VmHWM") for name, pid in pids.items()}
+                    file_bytes = None
+                    if "file" in res:
+                        path = Path(res["file"])
+                        with contextlib.suppress(OSError):
+                            file_bytes = path.stat().st_size
+                        path.unlink(missing_ok=True)
+                    rss = {}
+                    for role, name in roles.items():
+                        b, p = baseline.get(name), peak.get(name)
+                        rss[role] = {"cell": name, "baseline_kib": b, "peak_kib": p,
+                                     "growth_kib": p - b if p is not None and b is not None else None}
+                    measurements.append({
+                        "driver": driver, "topology": topo, "size": size, "repetition": rep,
+                        "route": group["routes"].get(topo), "rss": rss, "rss_reset": reset,
+                        "file_bytes": file_bytes,
+                        "bytes_ok": res.get("bytes") == size and file_bytes == size, **res,
+                    })
+        sender.stdin.write(b"quit\n")
+        sender.stdin.flush()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            sender.wait(15)
+        if sender.returncode == 0:
+            procs.procs = [p for p in procs.procs if p[1] is not sender]
+        procs.check_alive()
+    except Exception as exc:  # reported; the other drivers still run
+        group["error"] = f"{type(exc).__name__}: {exc}"
+        group["logs"] = {label: tail(lg, 30) for label, _p, lg in procs.procs}
+    finally:
+        notes = procs.stop_all()
+        if notes:
+            group["stop_notes"] = notes
+    return group
+
+
+def raw_counts(size: int) -> int:
+    """1 MiB messages the raw baseline sends to move about ``size`` bytes."""
+    return max(1, math.ceil(size / MIB))
+
+
+def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]) -> list[dict[str, Any]]:
+    """:mod:`raw_stream` moving each size in 1 MiB messages, once per repetition of that size."""
+    out: list[dict[str, Any]] = []
+    procs = Procs(folder)
+    for rep in range(max(cfg.reps(s) for s in cfg.sizes)):
+        sizes = [s for s in cfg.sizes if cfg.reps(s) > rep]
+        advance(f"raw tcp stream rep {rep + 1}")
+        label = f"raw-stream-{rep}"
+        args = [sys.executable, "-m", "cellnet.benchmarks._worker", "raw", "raw_stream",
+                "--sizes", ",".join([str(MIB)] * len(sizes)),
+                "--counts", ",".join(str(raw_counts(s)) for s in sizes)]
+        proc = procs.start(label, args, signal.SIGINT)
+        try:
+            proc.wait(cfg.timeout + 120)
+        except subprocess.TimeoutExpired:
+            procs.stop(proc)
+        finally:
+            procs.procs = [p for p in procs.procs if p[1] is not proc]
+        lines = [json.loads(ln) for ln in (folder / f"{label}.log").read_text(errors="replace").splitlines()
+                 if ln.startswith("{")]
+        by_count = {r.get("count"): r for r in lines}
+        for size in sizes:
+            r = by_count.get(raw_counts(size)) or {"error": f"no result: {tail(folder / f'{label}.log', 5)}"}
+            out.append({"size": size, "repetition": rep, "bytes": raw_counts(size) * MIB,
+                        **{k: v for k, v in r.items() if k != "size"}})
+    return out
+
+
+# -- summaries --------------------------------------------------------------------------
+
+
+def spread(values: list[float | None]) -> dict[str, float] | None:
+    good = [v for v in values if v is not None]
+    if not good:
+        return None
+    return {"median": statistics.median(good), "min": min(good), "max": max(good)}
+
+
+def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> dict[str, Any]:
+    """Median and min-max over the repetitions of every (driver, topology, size), and raw per size."""
+    raw: dict[int, list[float]] = {}
+    for b in baselines:
+        if "error" not in b:
+            raw.setdefault(b["size"], []).append(b["mb_per_s"])
+    raw_summary = {size: spread(v) for size, v in raw.items()}
+    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    for m in measurements:
+        cells.setdefault((m["driver"], m["topology"], m["size"]), []).append(m)
+    rows = []
+    for (driver, topo, size), reps in cells.items():
+        good = [r for r in reps if "error" not in r]
+        entry: dict[str, Any] = {
+            "driver": driver, "topology": topo, "size": size, "repetitions": len(good),
+            "errors": [r["error"] for r in reps if "error" in r],
+            "bytes_ok": bool(good) and all(r["bytes_ok"] for r in good),
+            "route": good[0]["route"] if good else None,
+            "route_ok": bool(good) and all(r["route"] == EXPECTED_ROUTES[topo] for r in good),
+            "mb_per_s": spread([r["mb_per_s"] for r in good]),
+            "elapsed_s": spread([r["elapsed_s"] for r in good]),
+            "save_s": spread([r.get("save_s") for r in good]),
+            "rss_kib": {},
+        }
+        for role in ROLES:
+            if any(role in r["rss"] for r in good):
+                entry["rss_kib"][role] = {k: spread([r["rss"][role][k] for r in good if role in r["rss"]])
+                                          for k in ("baseline_kib", "peak_kib", "growth_kib")}
+        base = raw_summary.get(size)
+        if base and entry["mb_per_s"]:
+            entry["vs_raw"] = entry["mb_per_s"]["median"] / base["median"]
+        rows.append(entry)
+    return {"rows": rows, "raw": {str(k): v for k, v in raw_summary.items()}}
+
+
+def _mb(s: dict[str, float] | None) -> str:
+    if not s:
+        return "-"
+    lo, mid, hi = (f"{s[k]:.0f}" for k in ("min", "median", "max"))
+    return mid if lo == hi else f"{mid} ({lo}-{hi})"
+
+
+def _mib(s: dict[str, float] | None, sign: bool = False) -> str:
+    if not s:
+        return "-"
+    fmt = "{:+.0f}" if sign else "{:.0f}"
+    lo, mid, hi = (fmt.format(s[k] / 1024) for k in ("min", "median", "max"))
+    return mid if lo == hi else f"{mid} ({lo}..{hi})"
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    cfg, machine, summary = doc["config"], doc["machine"], doc["summary"]
+    limits = ", ".join(f"{k} {fmt_size(cfg[k])}" for k in ("chunk", "window") if cfg.get(k)) or "cell defaults"
+    lines = [
+        "# cellnet large-message benchmark",
+        "",
+        f"Started {doc['started']}, took {doc['seconds']:.0f} s{' (--quick)' if doc['quick'] else ''}. "
+        f"Python {machine.get('python')} on {machine.get('platform')}, {machine.get('cpu_count')} CPUs"
+        f"{' (' + machine['cpu_model'] + ')' if machine.get('cpu_model') else ''}.",
+        "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items())) + ".",
+        "",
+        f"One request per measurement; the payload is an async iterable of {fmt_size(cfg['block'])} blocks "
+        f"(seed {cfg['seed']}) that the receiver saves into a file in {doc['files']['folder']} "
+        f"({doc['files']['filesystem']}; Stream.save, fsync included). "
+        f"[limits]: {limits}. MB/s = payload bytes / time from request to reply (10^6 bytes). "
+        "Median over the repetitions, min-max in parentheses. RSS in MiB: peak (VmHWM, reset just before "
+        "the transfer) and growth over the RSS just before it.",
+        "",
+    ]
+    if doc.get("interrupted"):
+        lines += ["**The run was interrupted: the tables are incomplete.**", ""]
+    for g in doc["groups"]:
+        if "error" in g:
+            lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
+    lines += ["| driver | path | size | reps | MB/s | x raw | sender peak / growth | relay peak / growth "
+              "| receiver peak / growth | save s |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in summary["rows"]:
+        path = TOPOLOGY_LABELS.get(r["topology"], r["topology"])
+        if r["errors"] or not r["bytes_ok"] or not r["route_ok"]:
+            path += " (!)"
+        cells = []
+        for role in ROLES:
+            s = r["rss_kib"].get(role)
+            cells.append(f"{_mib(s['peak_kib'])} / {_mib(s['growth_kib'], True)}" if s else "-")
+        save = r["save_s"]
+        ratio = f"{r['vs_raw']:.2f}" if "vs_raw" in r else "-"
+        lines.append(f"| {r['driver']} | {path} | {fmt_size(r['size'])} | {r['repetitions']} | "
+                     f"{_mb(r['mb_per_s'])} | {ratio} | " + " | ".join(cells)
+                     + (f" | {save['median']:.2f} |" if save else " | - |"))
+    if summary["raw"]:
+        lines += ["", "Raw TCP baseline (raw_stream: one asyncio connection, 1 MiB messages, counting sink):", "",
+                  "| size | reps | MB/s |", "|---|---|---|"]
+        for size, s in summary["raw"].items():
+            n = sum(1 for b in doc["baselines"] if str(b["size"]) == size and "error" not in b)
+            lines.append(f"| {fmt_size(int(size))} | {n} | {_mb(s)} |")
+    problems = [r for r in summary["rows"] if r["errors"] or not r["bytes_ok"] or not r["route_ok"]]
+    if problems:
+        lines.append("")
+    for r in problems:
+        why = r["errors"][0] if r["errors"] else ("byte count differs" if not r["bytes_ok"]
+                                                   else f"unexpected route {r['route']}")
+        lines.append(f"(!) {r['driver']} {r['topology']} {fmt_size(r['size'])}: {why[:200]}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+# -- the run ------------------------------------------------------------------------------
+
+
+def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, show_progress: bool = True) -> int:
+    """Run the matrix, write large.json and large.md into ``out``, print the table; return an exit code."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    console = Console(stderr=True)
+    out.mkdir(parents=True, exist_ok=True)
+    per_driver = 1 + sum(cfg.reps(s) for s in cfg.sizes) * len(cfg.topologies)
+    raw_runs = max(cfg.reps(s) for s in cfg.sizes) if cfg.baselines else 0
+    total = raw_runs + per_driver * len(cfg.drivers)
+
+    def on_term(_sig: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    folder = Path(tempfile.mkdtemp(prefix="cellnet-large-"))
+    files = Path(tempfile.mkdtemp(prefix="cellnet-large-files-", dir=files_folder(cfg.tmp)))
+    files_fs = filesystem_of(files)
+    baselines: list[dict[str, Any]] = []
+    measurements: list[dict[str, Any]] = []
+    groups: list[dict[str, Any]] = []
+    started = time.time()
+    interrupted = False
+    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
+                        TimeElapsedColumn(), console=console, disable=not show_progress)
+    try:
+        with progress:
+            task = progress.add_task("starting", total=total)
+            first = [True]
+
+            def advance(what: str) -> None:
+                if not first[0]:
+                    progress.advance(task)
+                first[0] = False
+                progress.update(task, description=what)
+
+            try:
+                if cfg.baselines:
+                    baselines = run_baselines(cfg, folder, advance)
+                for driver in cfg.drivers:
+                    sub = folder / driver
+                    sub.mkdir()
+                    t0 = time.monotonic()
+                    group = run_driver(driver, cfg, sub, files, advance, measurements)
+                    group["seconds"] = time.monotonic() - t0
+                    groups.append(group)
+                    if "error" in group:
+                        progress.console.print(f"[red]{driver} failed:[/] {group['error']}", highlight=False)
+                        for label, text in group.get("logs", {}).items():
+                            progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
+            except KeyboardInterrupt:
+                interrupted = True
+            progress.update(task, completed=total, description="done")
+    finally:
+        signal.signal(signal.SIGTERM, old)
+        shutil.rmtree(files, ignore_errors=True)
+        if keep:
+            console.print(f"configs and logs kept in {folder}", highlight=False)
+        else:
+            shutil.rmtree(folder, ignore_errors=True)
+    machine = machine_info()
+    for pkg in ("rich", "websockets"):
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            machine["packages"][pkg] = metadata.version(pkg)
+    with contextlib.suppress(OSError):
+        machine["load_average"] = list(os.getloadavg())
+    doc = {
+        "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
+        "seconds": time.time() - started,
+        "quick": quick,
+        "interrupted": interrupted,
+        "config": cfg.to_json(),
+        "files": {"folder": str(files.parent), "filesystem": files_fs},
+        "machine": machine,
+        "groups": groups,
+        "baselines": baselines,
+        "measurements": measurements,
+    }
+    doc["summary"] = summarize(measurements, baselines)
+    text = markdown(doc)
+    (out / "large.json").write_text(json.dumps(doc, indent=2))
+    (out / "large.md").write_text(text)
+    print(text, end="", flush=True)
+    console.print(f"wrote {out / 'large.json'} and {out / 'large.md'} in {doc['seconds']:.0f} s", highlight=False)
+    if interrupted:
+        return 130
+    rows = doc["summary"]["rows"]
+    failed = (any("error" in g for g in groups) or any("error" in b for b in baselines)
+              or any(r["errors"] or not r["bytes_ok"] or not r["route_ok"] for r in rows))
+    return 1 if failed else 0
+
+
+def _csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = sys.argv[1:] if argv is None else argv
+    if args_list[:1] == ["worker"]:
+        return worker_main(args_list[1:])
+    parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.large",
+                                     description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML file with a [large] (and [large.quick]) table")
+    parser.add_argument("--quick", action="store_true", help="64 MiB only, one repetition (about 20 s)")
+    parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for large.json, large.md")
+    parser.add_argument("--drivers", type=_csv, help="comma-separated, from tcp, http")
+    parser.add_argument("--topologies", type=_csv, help="comma-separated, from client-server, relayed")
+    parser.add_argument("--sizes", type=_csv, help='comma-separated sizes, e.g. "64MiB,512MiB"')
+    parser.add_argument("--repetitions", type=int, help="repetitions of every size (overrides the config)")
+    parser.add_argument("--tmp", help="folder for the received files")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = parser.parse_args(args_list)
+    try:
+        cfg = load_large_config(args.config, args.quick)
+        overrides: dict[str, Any] = {k: v for k in ("drivers", "topologies", "sizes", "tmp")
+                                     if (v := getattr(args, k)) is not None}
+        if args.repetitions is not None:
+            overrides.update(repetitions=args.repetitions, repetitions_by_size={})
+        cfg.apply(overrides, "command line")
+    except BenchError as exc:
+        parser.error(str(exc))
+    return run(cfg, args.out, quick=args.quick, keep=args.keep, show_progress=not args.no_progress)
+
+
+def worker_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.large worker",
+                                     description="one cell of the large-message benchmark")
+    parser.add_argument("config", type=Path)
+    parser.add_argument("--files", type=Path, required=True)
+    parser.add_argument("--sender", action="store_true")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--block", type=int, default=MIB)
+    parser.add_argument("--blocks", type=int, default=8)
+    parser.add_argument("--ready-budget", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(run_worker(args.config, args.files, args.sender, args.seed, args.block, args.blocks,
+                           args.ready_budget))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
