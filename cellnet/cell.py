@@ -737,7 +737,9 @@ class Cell(LinkLifecycle):
             counters.replies_received += 1
             self._on_reply(msg)
             return None
-        if self._wants_stream(msg):
+        if msg.channel != SYSTEM_CHANNEL and self._wants_stream(msg):
+            # One frame: a finished stream, so stream handlers read every
+            # payload the same way (the built-in echo uses the bytes).
             msg = replace(msg, stream=Stream.of(msg.payload))
         if msg.type is MsgType.REQUEST:
             counters.requests_served += 1

@@ -58,6 +58,7 @@ class Kind(enum.IntEnum):
 
 
 _KINDS = frozenset(int(k) for k in Kind)
+_KIND = {int(k): k for k in Kind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +225,8 @@ class FrameDecoder:
     def feed_partial(self, data: bytes | bytearray | memoryview) -> tuple[list[Frame], FrameError | None]:
         """Like :meth:`feed`, but return the frames completed before bad
         bytes together with the error, so good frames are delivered first."""
+        if self._prefix is None and not self._buf:
+            return self._feed_fresh(data)
         buf = self._buf
         buf += data
         frames: list[Frame] = []
@@ -256,6 +259,37 @@ class FrameDecoder:
         finally:
             if pos:
                 del buf[:pos]
+        return frames, None
+
+    def _feed_fresh(self, data: bytes | bytearray | memoryview) -> tuple[list[Frame], FrameError | None]:
+        """The common case, between frames with nothing buffered: decode
+        straight from ``data``, copying only what is left over (the same
+        checks, in the same order, as the general path)."""
+        if type(data) is not bytes:
+            data = bytes(data)
+        end = len(data)
+        pos = 0
+        frames: list[Frame] = []
+        limits = self._limits
+        unpack = PREFIX.unpack_from
+        try:
+            while end - pos >= PREFIX_SIZE:
+                magic, version, kind, flags, hlen, plen = unpack(data, pos)
+                if (magic != MAGIC or version != VERSION or kind not in _KINDS
+                        or hlen > limits.max_header or plen > limits.max_payload):
+                    parse_prefix(data[pos : pos + PREFIX_SIZE], limits)  # raises the precise error
+                pos += PREFIX_SIZE
+                if end - pos < hlen + plen:
+                    self._prefix = Prefix(_KIND[kind], flags, hlen, plen)
+                    break
+                hend = pos + hlen
+                header = decode_header(data[pos:hend])
+                pos = hend + plen
+                frames.append(Frame(_KIND[kind], header, data[hend:pos] if plen else b"", flags))
+        except FrameError as exc:
+            return frames, exc
+        if pos < end:
+            self._buf += memoryview(data)[pos:]
         return frames, None
 
     def at_boundary(self) -> bool:

@@ -139,47 +139,52 @@ class Message:
         return Frame(Kind.MESSAGE, header, self.payload)
 
     @classmethod
-    def from_frame(cls, frame: Frame, hop: str | None = None) -> Message:
+    def from_frame(cls, frame: Frame, hop: str | None = None, stream: Stream | None = None) -> Message:
         """Build a message from a MESSAGE frame; a malformed header is a FrameError.
 
         ``hop``, if given, is appended to the recorded route (the receiving cell).
         """
         h = frame.header
         try:
+            src, dst, msg_id = h["s"], h["d"], h["i"]
+            channel, topic = h.get("c", ""), h.get("o", "")
+            if not (type(src) is str and type(dst) is str and type(msg_id) is str
+                    and type(channel) is str and type(topic) is str):
+                raise TypeError("routing fields must be strings")
             hops = h.get("h", [])
-            if hop is not None and isinstance(hops, list):
-                hops = hops + [hop]
-            budget = h.get("b")
-            meta = h.get("m", {})
+            if type(hops) is not list or not all(type(x) is str for x in hops):
+                raise TypeError("malformed hops")
+            route = tuple(hops) if hop is None else (*hops, hop)
+            meta = h.get("m")
+            if meta is None:
+                meta = {}
+            elif type(meta) is not dict:
+                raise TypeError("malformed meta")
             reply_to = h.get("r")
+            if reply_to is not None and type(reply_to) is not str:
+                raise TypeError("malformed reply_to")
+            x = h.get("x")
+            budget = h.get("b")
             msg = cls(
-                type=MsgType(h["t"]),
-                src=_str(h["s"]),
-                dst=_str(h["d"]),
-                channel=_str(h.get("c", "")),
-                topic=_str(h.get("o", "")),
-                payload=frame.payload,
-                meta=meta if isinstance(meta, dict) else _bad("meta"),
-                id=_str(h["i"]),
-                reply_to=None if reply_to is None else _str(reply_to),
-                status=Status(h.get("x", 0)),
-                budget=None if budget is None else float(budget),
-                reliable=bool(h.get("y", False)),
-                hops=tuple(_str(x) for x in hops) if isinstance(hops, list) else _bad("hops"),
-                max_hops=int(h.get("n", DEFAULT_MAX_HOPS)),
+                _MSG_TYPE[h["t"]],
+                src,
+                dst,
+                channel,
+                topic,
+                frame.payload,
+                meta,
+                msg_id,
+                reply_to,
+                Status.OK if x is None else Status(x),
+                None if budget is None else float(budget),
+                bool(h.get("y", False)),
+                route,
+                int(h.get("n", DEFAULT_MAX_HOPS)),
+                stream,
             )
-        except FrameError:
-            raise
         except (KeyError, ValueError, TypeError) as exc:
             raise FrameError(f"malformed message header: {exc!r}") from None
         return msg
 
 
-def _str(value: Any) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"expected a string, got {type(value).__name__}")
-    return value
-
-
-def _bad(what: str) -> Any:
-    raise TypeError(f"malformed {what}")
+_MSG_TYPE: dict[Any, MsgType] = {int(t): t for t in MsgType}
