@@ -6,6 +6,8 @@ The public API::
 
     async with Cell("site-1", parent="tcp://server.example.org:8002") as cell:
         reply = await cell.request("site-2", "app", "hello", b"payload", timeout=5)
+        # any size: bytes, a file path or an async iterable, streamed in chunks
+        await cell.request("site-2", "models", "put", Path("model.bin"), timeout=600)
 
 Importing cellnet loads no optional dependency (flwr, grpc, redis, aiohttp,
 websockets); drivers and applications load theirs when used.
@@ -16,6 +18,7 @@ from .config import Config, config_from_mapping, load_config
 from .errors import *  # noqa: F401,F403  (the error tree is public API)
 from .errors import __all__ as _errors
 from .message import Message, MsgType, Status
+from .stream import Stream
 
 __version__ = "0.1.0"
 
@@ -26,6 +29,7 @@ __all__ = [
     "MsgType",
     "Reply",
     "Status",
+    "Stream",
     "config_from_mapping",
     "load_config",
     *_errors,
