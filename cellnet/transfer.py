@@ -293,13 +293,17 @@ class Transfers:
             query = {"q": 1, "env": out.env, "k": out.sent, "e": out.epoch}
             if out.size is not None:
                 query["z"] = out.size
+            # Never wait past the moment this side gives up.
+            left = resume - (now - out.last_contact)
+            if out.deadline is not None:
+                left = min(left, out.deadline - now)
             if not await self._emit(out, self._chunk_frame(out, query), first=True):
-                await cell._wait_route_change(min(1.0, resume))
+                await cell._wait_route_change(min(1.0, left))
                 continue
             out.wake.clear()
             if not out.synced and out.error is None:
                 try:
-                    async with asyncio.timeout(delay):
+                    async with asyncio.timeout(min(delay, max(left, 0.0))):
                         while not out.synced and out.error is None:
                             out.wake.clear()
                             await out.wake.wait()
