@@ -15,9 +15,15 @@ on stdout (logs go to stderr):
     and stops at ``quit`` or the end of stdin. The harness reads the peak RSS
     of every process between two tasks, so a task starts only when asked.
 
-``python -m cellnet.benchmarks._worker raw MODULE --sizes 100,1024 --counts 2000,500 [--url URL]``
+``python -m cellnet.benchmarks._worker raw MODULE --sizes 100,1024 --counts 2000,500 [--url URL]
+[--concurrency 1,32 --max-inflight BYTES]``
     Runs ``cellnet.benchmarks.MODULE.measure(size, count)`` (a raw
     baseline) for each size in one process and prints one line per size.
+    With ``--concurrency`` (modules whose ``measure`` takes ``concurrency``:
+    ``raw_echo``) it prints one line per size and level, each level capped
+    like the bus's (``min(level, max(1, max_inflight // size))``, recorded as
+    ``effective_concurrency``), so the raw figures at 32 outstanding
+    requests sit next to the bus's.
 """
 
 from __future__ import annotations
@@ -190,16 +196,27 @@ async def run_cells(config_paths: list[Path], seed: int, ready_budget: float) ->
 # -- raw mode --------------------------------------------------------------------
 
 
-def run_raw(module: str, sizes: list[int], counts: list[int], url: str | None) -> None:
+def concurrent_count(count: int, concurrency: int) -> int:
+    """Round trips of a raw run at ``concurrency``: at least 8 rounds of the outstanding requests."""
+    return count if concurrency <= 1 else max(count, 8 * concurrency)
+
+
+def run_raw(module: str, sizes: list[int], counts: list[int], url: str | None,
+            levels: list[int] | None = None, max_inflight: int | None = None) -> None:
     mod = importlib.import_module(f"cellnet.benchmarks.{module}")
-    for size, count in zip(sizes, counts):
-        kwargs: dict[str, Any] = {"url": url} if url else {}
-        try:
-            result = dict(mod.measure(size, count, warmup=min(50, max(1, count // 10)), **kwargs))
-        except Exception as exc:
-            result = {"size": size, "error": f"{type(exc).__name__}: {exc}"}
-        result["module"] = module
-        emit(result)
+    for level in levels or [1]:
+        for size, count in zip(sizes, counts):
+            eff = min(level, max(1, max_inflight // size)) if max_inflight else level
+            kwargs: dict[str, Any] = {"url": url} if url else {}
+            if levels:
+                kwargs["concurrency"] = eff
+            n = concurrent_count(count, eff)
+            try:
+                result = dict(mod.measure(size, n, warmup=min(50, max(1, count // 10)), **kwargs))
+            except Exception as exc:
+                result = {"size": size, "error": f"{type(exc).__name__}: {exc}"}
+            result.update(module=module, concurrency=level, effective_concurrency=eff)
+            emit(result)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,14 +231,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--sizes", required=True)
     r.add_argument("--counts", required=True)
     r.add_argument("--url", default=None)
+    r.add_argument("--concurrency", default=None, help="levels of outstanding requests, e.g. 1,32")
+    r.add_argument("--max-inflight", type=int, default=None, help="cap on outstanding payload bytes")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.mode == "cells":
         asyncio.run(run_cells(args.configs, args.seed, args.ready_budget))
     else:
+        levels = [int(c) for c in args.concurrency.split(",")] if args.concurrency else None
         run_raw(args.module, [int(s) for s in args.sizes.split(",")],
-                [int(s) for s in args.counts.split(",")], args.url)
+                [int(s) for s in args.counts.split(",")], args.url, levels, args.max_inflight)
     return 0
 
 

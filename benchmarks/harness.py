@@ -11,7 +11,10 @@ What it runs
     :mod:`raw_echo` and the one-way :mod:`raw_stream`; ``grpc``:
     :mod:`raw_grpc_echo`; ``http``: :mod:`raw_websocket_echo`; ``redis``:
     :mod:`raw_redis_echo` on the same private ``redis-server`` the cells use),
-    once per payload size. Then it writes TOML configs and starts, as separate
+    once per payload size; the tcp echo :mod:`raw_echo` also once per size at
+    every other ``concurrency`` level (that many requests pipelined on its one
+    connection, capped by ``max_inflight`` like the bus), because the bus
+    also carries its outstanding requests over one link. Then it writes TOML configs and starts, as separate
     OS processes with ``cellnet run -c CONFIG``, a ``server`` cell and a
     ``site-2`` cell (``[policy] direct = ["site-*"]`` and a ``listen`` URL),
     plus one measuring process (:mod:`cellnet.benchmarks._worker`) that joins
@@ -40,8 +43,10 @@ Figures (per measurement, then median and min-max over the repetitions)
     (round trips completed / wall time), MB/s (payload counted once each way:
     ``2 * size * msgs_per_s / 1e6``, as ``cellnet ping`` counts it), and the
     peak RSS of each process in KiB. Ratios to the raw baseline of the same
-    driver and size are given at concurrency 1 (the raw scripts measure one
-    request at a time).
+    driver and size: at concurrency 1 RTT and MB/s (``rtt_vs_raw``,
+    ``mb_per_s_vs_raw``); at the other levels, where only ``raw_echo``
+    (tcp) measures the same number of outstanding requests, msg/s and MB/s
+    (``msgs_per_s_vs_raw``, ``mb_per_s_vs_raw``, next to ``raw_msgs_per_s``).
 
 Output (into ``--out DIR``, default ``bench-results``)
     ``results.json`` (every figure of every repetition, the config, the
@@ -49,8 +54,20 @@ Output (into ``--out DIR``, default ``bench-results``)
     (Markdown tables), ``latency.png`` and ``throughput.png`` (RTT and MB/s
     against payload size, one panel per driver, a line per topology and the
     raw baseline, log-scale axes). A rich progress bar shows the run on
-    stderr. NVIDIA FLARE is detected and, as no comparison is implemented,
-    reported as skipped.
+    stderr.
+
+NVIDIA FLARE's CellNet (``compare``)
+    When ``nvflare`` is importable (``pip install "cellnet[compare]"``), the
+    run ends with :mod:`cellnet.benchmarks.flare`: FLARE's cells in separate
+    processes over its TCP driver, echoes of ``compare_sizes`` in every
+    topology and concurrency level (its single-frame and its streamed
+    request), and one-way relayed transfers of ``compare_large`` with the
+    relay's peak RSS; the tcp driver is measured at ``compare_sizes`` too,
+    and our side of the large transfers is :mod:`cellnet.benchmarks.large`'s
+    tcp relayed measurement. ``results.json`` gets a ``flare`` object (both
+    sides and ``rows``: ours/FLARE ratios) and ``results.md`` a table.
+    Without ``nvflare`` the run says the comparison is skipped and how to
+    enable it.
 
 Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
     Table ``[bench]``:
@@ -82,6 +99,14 @@ Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
     ``baseline_min_count`` (default: 3)
     ``baseline_max_count`` (default: 2000)
     ``ready_timeout``      seconds the cells may take to link (default: 60)
+    ``compare``            run the NVIDIA FLARE comparison when nvflare is
+                           importable (default: true)
+    ``compare_sizes``      echo sizes of the comparison (default: 100B,
+                           1KiB, 64MiB)
+    ``compare_large``      sizes of the one-way relayed transfers of the
+                           comparison (default: 512MiB; may be empty)
+    ``compare_frame``      also send the large transfers as one FLARE frame
+                           (default: true)
 
     Table ``[large]`` (and ``[large.quick]``) configures the large-message
     benchmark, ``cellnet bench --large`` (:mod:`cellnet.benchmarks.large`);
@@ -89,7 +114,8 @@ Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
 
     Table ``[quick]``: the same keys, applied over ``[bench]`` with
     ``--quick`` (default: sizes 100B, 64KiB, 1MiB; 1 repetition; duration
-    0.05; min_count 2; baseline_bytes "16MiB"; baseline_max_count 300).
+    0.05; min_count 2; baseline_bytes "16MiB"; baseline_max_count 300;
+    compare_sizes 100B, 1KiB; compare_large 64MiB).
 """
 
 from __future__ import annotations
@@ -138,6 +164,8 @@ EXPECTED_ROUTES = {
     "relayed": ["site-1", "server", "site-2"],
     "direct": ["site-3", "site-2"],
 }
+#: raw baselines that also run at every concurrency level (their ``measure`` takes ``concurrency``)
+RAW_CONCURRENT = ("raw_echo",)
 #: driver -> raw baseline modules (the first is the echo the ratios use)
 RAW_MODULES = {
     "tcp": ("raw_echo", "raw_stream"),
@@ -179,10 +207,15 @@ class BenchConfig:
     baseline_min_count: int = 3
     baseline_max_count: int = 2000
     ready_timeout: float = 60.0
+    compare: bool = True
+    compare_sizes: list[int] = field(default_factory=lambda: [100, 1024, 64 * MIB])
+    compare_large: list[int] = field(default_factory=lambda: [512 * MIB])
+    compare_frame: bool = True
 
     QUICK = {
         "sizes": ["100B", "64KiB", "1MiB"], "repetitions": 1, "duration": 0.05, "min_count": 2,
         "baseline_bytes": "16MiB", "baseline_max_count": 300,
+        "compare_sizes": ["100B", "1KiB"], "compare_large": ["64MiB"],
     }
 
     def apply(self, table: dict[str, Any], where: str) -> None:
@@ -191,8 +224,8 @@ class BenchConfig:
             if key not in names:
                 raise BenchError(f"{where}: unknown key {key!r}; known: {', '.join(sorted(names))}")
             ctx = f"{where}.{key}"
-            if key in ("sizes",):
-                value = [_size(v, ctx) for v in _list(value, ctx)]
+            if key in ("sizes", "compare_sizes", "compare_large"):
+                value = sorted({_size(v, ctx) for v in _list(value, ctx)})
             elif key in ("max_inflight", "max_message", "baseline_bytes"):
                 value = _size(value, ctx)
             elif key in ("drivers", "topologies"):
@@ -203,7 +236,7 @@ class BenchConfig:
                     raise BenchError(f"{ctx}: unknown {bad}; choose from {', '.join(known)}")
             elif key == "concurrency":
                 value = [_positive_int(v, ctx) for v in _list(value, ctx)]
-            elif key == "baselines":
+            elif key in ("baselines", "compare", "compare_frame"):
                 if not isinstance(value, bool):
                     raise BenchError(f"{ctx}: expected true or false")
             elif key in ("duration", "timeout", "ready_timeout"):
@@ -215,9 +248,11 @@ class BenchConfig:
             setattr(self, key, value)
         if not self.drivers or not self.topologies or not self.sizes or not self.concurrency:
             raise BenchError(f"{where}: drivers, topologies, sizes and concurrency must not be empty")
+        if not self.compare_sizes:
+            raise BenchError(f"{where}: compare_sizes must not be empty")
         self.sizes = sorted(set(self.sizes))
         self.concurrency = sorted(set(self.concurrency))
-        self.max_message = max(self.max_message, max(self.sizes) + 64 * 1024)
+        self.max_message = max(self.max_message, max(self.sizes + self.compare_sizes) + 64 * 1024)
 
     def to_json(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -343,6 +378,9 @@ def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | 
                 "--sizes", ",".join(map(str, cfg.sizes)), "--counts", ",".join(map(str, counts))]
         if redis_url and module == "raw_redis_echo":
             args += ["--url", redis_url]
+        levels = cfg.concurrency if module in RAW_CONCURRENT else [1]
+        if module in RAW_CONCURRENT:
+            args += ["--concurrency", ",".join(map(str, levels)), "--max-inflight", str(cfg.max_inflight)]
         label = f"{driver}-{module}"
         proc = procs.start(label, args, signal.SIGINT)
         try:
@@ -353,10 +391,13 @@ def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | 
             procs.procs = [p for p in procs.procs if p[1] is not proc]
         lines = [json.loads(ln) for ln in (procs.folder / f"{label}.log").read_text(errors="replace").splitlines()
                  if ln.startswith("{")]
-        by_size = {r.get("size"): r for r in lines}
-        for size in cfg.sizes:
-            r = by_size.get(size) or {"size": size, "error": f"no result: {tail(procs.folder / f'{label}.log', 5)}"}
-            out.append({"driver": driver, "module": module, **r})
+        by_key = {(r.get("size"), r.get("concurrency", 1)): r for r in lines}
+        for level in levels:
+            for size in cfg.sizes:
+                r = by_key.get((size, level)) or {
+                    "size": size, "concurrency": level,
+                    "error": f"no result: {tail(procs.folder / f'{label}.log', 5)}"}
+                out.append({"driver": driver, "module": module, **r})
     return out
 
 
@@ -451,7 +492,7 @@ def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]
     cells: dict[tuple[str, str, int, int], list[dict[str, Any]]] = {}
     for m in measurements:
         cells.setdefault((m["driver"], m["topology"], m["size"], m["concurrency"]), []).append(m)
-    raw = {(b["driver"], b["size"]): b for b in baselines
+    raw = {(b["driver"], b["size"], b.get("concurrency", 1)): b for b in baselines
            if b.get("module") == RAW_MODULES[b["driver"]][0] and "error" not in b}
     out = []
     for (driver, topo, size, conc), reps in cells.items():
@@ -467,9 +508,14 @@ def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]
             entry[key] = spread([r[key] for r in good])
         procs = sorted({p for r in good for p in r["peak_rss_kib"]})
         entry["peak_rss_kib"] = {p: spread([r["peak_rss_kib"].get(p) for r in good]) for p in procs}
-        base = raw.get((driver, size))
+        base = raw.get((driver, size, conc))
         if base and entry["rtt_median_us"] and conc == 1:
             entry["rtt_vs_raw"] = entry["rtt_median_us"]["median"] / base["rtt_median_us"]
+            entry["mb_per_s_vs_raw"] = entry["mb_per_s"]["median"] / base["mb_per_s"]
+        elif base and entry["msgs_per_s"] and "msgs_per_s" in base:
+            entry["raw_msgs_per_s"] = base["msgs_per_s"]
+            entry["raw_mb_per_s"] = base["mb_per_s"]
+            entry["msgs_per_s_vs_raw"] = entry["msgs_per_s"]["median"] / base["msgs_per_s"]
             entry["mb_per_s_vs_raw"] = entry["mb_per_s"]["median"] / base["mb_per_s"]
         out.append(entry)
     return out
@@ -485,10 +531,37 @@ def _fmt_size(n: int) -> str:
 # -- the run -------------------------------------------------------------------------------
 
 
-def nvflare_note() -> str:
+def nvflare_note(cfg: BenchConfig | None = None) -> str:
     if importlib.util.find_spec("nvflare") is None:
-        return "NVIDIA FLARE is not installed: the comparison with it is skipped"
-    return "NVIDIA FLARE is installed, but no comparison is implemented yet: skipped"
+        return ('NVIDIA FLARE is not installed: the comparison with it is skipped '
+                '(pip install "cellnet[compare]" to run it)')
+    if cfg is not None and not cfg.compare:
+        return "NVIDIA FLARE is installed, but compare = false: the comparison with it is skipped"
+    from .flare import version
+
+    return f"NVIDIA FLARE {version()} is installed: its CellNet is compared with ours (tcp)"
+
+
+def run_compare(cfg: BenchConfig, folder: Path, advance: Callable[[str], None]) -> dict[str, Any]:
+    """FLARE's side of the comparison, then ours for its large transfers (tcp, relayed)."""
+    from .flare import run_flare
+    from .large import LargeConfig, files_folder, run_driver as run_large_driver
+
+    sub = folder / "flare"
+    sub.mkdir()
+    out: dict[str, Any] = {"flare": run_flare(cfg, sub, advance), "ours_large": []}
+    if cfg.compare_large:
+        large_cfg = LargeConfig(drivers=["tcp"], topologies=["relayed"], sizes=list(cfg.compare_large),
+                                repetitions=cfg.repetitions, repetitions_by_size={}, seed=cfg.seed,
+                                timeout=max(cfg.timeout, 600.0), ready_timeout=cfg.ready_timeout)
+        (folder / "large").mkdir()
+        files = Path(tempfile.mkdtemp(prefix="cellnet-bench-files-", dir=files_folder(None)))
+        try:
+            out["ours_group"] = run_large_driver("tcp", large_cfg, folder / "large", files, advance,
+                                                 out["ours_large"])
+        finally:
+            shutil.rmtree(files, ignore_errors=True)
+    return out
 
 
 def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
@@ -509,10 +582,19 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
 
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
-    note = nvflare_note()
+    note = nvflare_note(cfg)
     console.print(note, highlight=False)
-    matrix = len(cfg.topologies) * len(cfg.sizes) * len(cfg.concurrency) * cfg.repetitions
-    total = sum(matrix + 1 + (len(RAW_MODULES[d]) if cfg.baselines else 0) for d in cfg.drivers)
+    compare = cfg.compare and importlib.util.find_spec("nvflare") is not None
+    # the tcp driver is also measured at the comparison's sizes
+    tcp_sizes = sorted(set(cfg.sizes) | set(cfg.compare_sizes)) if compare else cfg.sizes
+    total = sum(len(cfg.topologies) * len(tcp_sizes if d == "tcp" else cfg.sizes) * len(cfg.concurrency)
+                * cfg.repetitions + 1 + (len(RAW_MODULES[d]) if cfg.baselines else 0) for d in cfg.drivers)
+    if compare:
+        total += 1 + cfg.repetitions * (
+            len(cfg.topologies) * len(cfg.compare_sizes) * len(cfg.concurrency) * 2
+            + len(cfg.compare_large) * (2 if cfg.compare_frame else 1))
+        total += (1 + len(cfg.compare_large) * cfg.repetitions) if cfg.compare_large else 0
+    flare: dict[str, Any] | None = None
 
     def on_term(_sig: int, _frame: Any) -> None:
         raise KeyboardInterrupt
@@ -541,8 +623,9 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
                 sub = folder / driver
                 sub.mkdir()
                 t0 = time.monotonic()
+                dcfg = dataclasses.replace(cfg, sizes=tcp_sizes) if driver == "tcp" else cfg
                 try:
-                    group = run_driver(driver, cfg, sub, advance, baselines, measurements)
+                    group = run_driver(driver, dcfg, sub, advance, baselines, measurements)
                 except KeyboardInterrupt:
                     interrupted = True
                     groups.append({"driver": driver, "error": "interrupted"})
@@ -553,6 +636,19 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
                     progress.console.print(f"[red]{driver} failed:[/] {group['error']}", highlight=False)
                     for label, text in group.get("logs", {}).items():
                         progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
+            if compare and not interrupted:
+                t0 = time.monotonic()
+                try:
+                    flare = run_compare(cfg, folder, advance)
+                except KeyboardInterrupt:
+                    interrupted = True
+                else:
+                    flare["seconds"] = time.monotonic() - t0
+                    for g in (flare["flare"], flare.get("ours_group", {})):
+                        if "error" in g:
+                            progress.console.print(f"[red]comparison failed:[/] {g['error']}", highlight=False)
+                            for label, text in g.get("logs", {}).items():
+                                progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
             progress.update(task, completed=total, description="done")
     finally:
         signal.signal(signal.SIGTERM, old)
@@ -562,7 +658,7 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
             shutil.rmtree(folder, ignore_errors=True)
     summary = summarize(measurements, baselines)
     machine = machine_info()
-    for pkg in ("rich", "typer", "matplotlib", "aiohttp", "grpcio", "redis"):
+    for pkg in ("rich", "typer", "matplotlib", "aiohttp", "grpcio", "redis", "nvflare"):
         with contextlib.suppress(Exception):
             from importlib import metadata
 
@@ -580,6 +676,11 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         "measurements": measurements,
         "summary": summary,
     }
+    if flare is not None:
+        from .report import comparison_rows
+
+        doc["flare"] = flare
+        flare["rows"] = comparison_rows(doc)
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     (out / "results.md").write_text(markdown(doc))
     try:
@@ -592,6 +693,8 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
     if interrupted:
         return 130
     failed = any("error" in g for g in groups) or any(s["errors"] or not s["route_ok"] for s in summary)
+    if flare is not None:
+        failed = failed or "error" in flare["flare"] or "error" in flare.get("ours_group", {})
     return 1 if failed else 0
 
 

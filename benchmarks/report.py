@@ -11,6 +11,7 @@ baseline, log-scale axes. Both work from a saved ``results.json`` too:
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,9 @@ def markdown(doc: dict[str, Any]) -> str:
         f"{cfg['duration']:g} s (at least {cfg['min_count']} round trips) each; payload seed {cfg['seed']}.",
         "Figures are the median over the repetitions, with the min-max range in parentheses. MB/s counts the "
         "payload once each way (2 x size x msg/s). RTT/raw and MB/s/raw compare with the driver's raw library "
-        "echo of the same size at concurrency 1. Peak RSS is VmHWM, reset before each measurement.",
+        "echo of the same size at concurrency 1; at higher concurrency, raw msg/s is the raw tcp echo with as many "
+        "requests pipelined on its one connection, and /raw the bus's msg/s over it (tcp only). "
+        "Peak RSS is VmHWM, reset before each measurement.",
         "",
         doc.get("nvflare", ""),
         "",
@@ -86,17 +89,21 @@ def markdown(doc: dict[str, Any]) -> str:
 
     if doc["baselines"]:
         lines += ["## Raw baselines", "",
-                  "| driver | baseline | size | count | RTT median (ms) | RTT p99 (ms) | MB/s |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| driver | baseline | size | conc | count | RTT median (ms) | RTT p99 (ms) | msg/s | MB/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for b in doc["baselines"]:
+            conc = b.get("concurrency", 1)
+            eff = b.get("effective_concurrency", conc)
+            conc_text = f"{conc}" + (f" [x{eff}]" if eff != conc else "")
             if "error" in b:
-                lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | FAILED: "
-                             f"{b['error'][:120].replace('|', '/')} | | | |")
+                lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | {conc_text} | FAILED: "
+                             f"{b['error'][:120].replace('|', '/')} | | | | |")
                 continue
             rtt = (f"{b['rtt_median_us'] / 1e3:.3f} | {b['rtt_p99_us'] / 1e3:.3f}" if "rtt_median_us" in b
                    else "- (one-way stream) | -")
-            lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | {b['count']} | {rtt} | "
-                         f"{b['mb_per_s']:.1f} |")
+            msgs = _num(b["msgs_per_s"]) if "msgs_per_s" in b else "-"
+            lines.append(f"| {b['driver']} | {b['module']} | {fmt_size(b['size'])} | {conc_text} | {b['count']} | "
+                         f"{rtt} | {msgs} | {b['mb_per_s']:.1f} |")
         lines.append("")
 
     for driver in cfg["drivers"]:
@@ -106,8 +113,11 @@ def markdown(doc: dict[str, Any]) -> str:
         head = [f"RTT median ms x{c0}", f"RTT p99 ms x{c0}", f"msg/s x{c0}", f"MB/s x{c0}"]
         if c0 == 1:
             head += ["RTT/raw", "MB/s/raw"]
+        raw_c = {c for c in others if any("raw_msgs_per_s" in r for r in rows if r["concurrency"] == c)}
         for c in others:
             head += [f"RTT median ms x{c}", f"msg/s x{c}", f"MB/s x{c}"]
+            if c in raw_c:
+                head += [f"raw msg/s x{c}", f"msg/s/raw x{c}"]
         head += ["peak RSS MiB " + "/".join(p for p in PROCESS_ORDER if any(p in r["peak_rss_kib"] for r in rows))]
         lines += [f"## {driver}", "", "| path | size | " + " | ".join(head) + " |",
                   "|" + "---|" * (len(head) + 2)]
@@ -130,12 +140,15 @@ def markdown(doc: dict[str, Any]) -> str:
                 for c in others:
                     s = summary.get((driver, topo, size, c))
                     if s is None:
-                        cells += ["-", "-", "-"]
+                        cells += ["-"] * (5 if c in raw_c else 3)
                         continue
                     eff = s["effective_concurrency"]
                     note = f" [x{eff}]" if eff != c else ""
                     cells += [_spread(s["rtt_median_us"], 1e-3, False), _spread(s["msgs_per_s"]) + note,
                               _spread(s["mb_per_s"], 1.0, False)]
+                    if c in raw_c:
+                        cells += [_num(s["raw_msgs_per_s"]) if "raw_msgs_per_s" in s else "-",
+                                  _num(s["msgs_per_s_vs_raw"]) if "msgs_per_s_vs_raw" in s else "-"]
                 cells.append("/".join(f"{rss[p] / 1024:.0f}" for p in PROCESS_ORDER if p in rss) or "-")
                 path = TOPOLOGY_LABELS.get(topo, topo)
                 bad = [s for c in concs if (s := summary.get((driver, topo, size, c)))
@@ -156,7 +169,141 @@ def markdown(doc: dict[str, Any]) -> str:
             lines.append("")
         if any(s["effective_concurrency"] != s["concurrency"] for s in rows):
             lines += [f"[xN]: requests outstanding, capped by max_inflight = {fmt_size(cfg['max_inflight'])}.", ""]
+    lines += comparison_markdown(doc)
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _median(values: list[float | None]) -> float | None:
+    vals = [v for v in values if v is not None]
+    return statistics.median(vals) if vals else None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def comparison_rows(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Our tcp figures beside FLARE's, per path, size and concurrency, with ours/FLARE ratios.
+
+    Echo rows compare RTT median (lower is better), msg/s and MB/s (higher
+    is better) for each of FLARE's modes (``frame``: one frame per message;
+    ``stream``: its streamed request); large rows compare one-way MB/s and
+    the relay's peak RSS. Figures are medians over the repetitions.
+    """
+    flare = doc.get("flare") or {}
+    group = flare.get("flare") or {}
+    summary = _index(doc["summary"])
+    order = list(TOPOLOGY_LABELS)
+    rows: list[dict[str, Any]] = []
+    keys = sorted({(m["topology"], m["size"], m["concurrency"]) for m in group.get("echo", [])},
+                  key=lambda k: (order.index(k[0]) if k[0] in order else len(order), k[1], k[2]))
+    for topo, size, conc in keys:
+        ours = summary.get(("tcp", topo, size, conc))
+        row: dict[str, Any] = {"kind": "echo", "topology": topo, "size": size, "concurrency": conc,
+                               "cellnet": {k: ours[k]["median"] if ours and ours.get(k) else None
+                                           for k in ("rtt_median_us", "msgs_per_s", "mb_per_s")}}
+        for mode in ("frame", "stream"):
+            mine = [m for m in group["echo"]
+                    if (m["topology"], m["size"], m["concurrency"], m["mode"]) == (topo, size, conc, mode)]
+            if not mine:
+                continue
+            reps = [m for m in mine if "error" not in m]
+            theirs = {k: _median([m.get(k) for m in reps]) for k in ("rtt_median_us", "msgs_per_s", "mb_per_s")}
+            row[f"flare_{mode}"] = theirs
+            row[f"ratio_{mode}"] = {k: _ratio(row["cellnet"][k], theirs[k]) for k in theirs}
+            row[f"route_ok_{mode}"] = bool(reps) and all(m["route_ok"] for m in reps)
+            errors = [m["error"] for m in mine if "error" in m]
+            if errors:
+                row[f"errors_{mode}"] = errors
+        rows.append(row)
+    ours_large = [m for m in flare.get("ours_large", []) if "error" not in m]
+    for size in sorted({m["size"] for m in group.get("large", [])}):
+        mine_ours = [m for m in ours_large if m["size"] == size and m["topology"] == "relayed"]
+        row = {"kind": "large", "topology": "relayed", "size": size, "cellnet": {
+            "mb_per_s": _median([m.get("mb_per_s") for m in mine_ours]),
+            "relay_peak_kib": _median([m["rss"].get("relay", {}).get("peak_kib") for m in mine_ours])}}
+        for mode in ("stream", "frame"):
+            mine = [m for m in group["large"] if m["size"] == size and m["mode"] == mode]
+            if not mine:
+                continue
+            reps = [m for m in mine if "error" not in m]
+            theirs = {"mb_per_s": _median([m.get("mb_per_s") for m in reps]),
+                      "relay_peak_kib": _median([m["peak_rss_kib"].get("server") for m in reps])}
+            row[f"flare_{mode}"] = theirs
+            row[f"ratio_{mode}"] = {k: _ratio(row["cellnet"][k], theirs[k]) for k in theirs}
+            errors = [m["error"] for m in mine if "error" in m]
+            if errors:
+                row[f"errors_{mode}"] = errors
+        rows.append(row)
+    return rows
+
+
+def _opt(x: float | None, scale: float = 1.0) -> str:
+    return "-" if x is None else _num(x * scale)
+
+
+def comparison_markdown(doc: dict[str, Any]) -> list[str]:
+    """The "Against NVIDIA FLARE's CellNet" section of results.md (empty without a comparison)."""
+    flare = doc.get("flare")
+    if not flare:
+        return []
+    group = flare.get("flare") or {}
+    rows = flare.get("rows") or comparison_rows(doc)
+    lines = ["## Against NVIDIA FLARE's CellNet", "",
+             f"NVIDIA FLARE {group.get('version')}: its cells (server, site-2, and site-1 / site-3 in the measuring "
+             "process) over its TCP driver, insecure, each in its own process like ours; cellnet is the tcp "
+             "driver. FLARE frame: a request sent as one message (a channel FLARE does not stream); FLARE "
+             "stream: `Cell.send_request` on an application channel, which FLARE streams (chunks and acks). "
+             "Direct: FLARE's ad-hoc connection between the two client cells. ours/FLARE: RTT below 1 and "
+             "msg/s or MB/s above 1 favour cellnet.", ""]
+    for g in (group, flare.get("ours_group") or {}):
+        if "error" in g:
+            lines += [f"**The comparison failed:** `{g['error'].splitlines()[0][:300]}`", ""]
+    echo = [r for r in rows if r["kind"] == "echo"]
+    if echo:
+        lines += ["| path | size | conc | metric | cellnet | FLARE frame | ours/FLARE | FLARE stream | ours/FLARE |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in echo:
+            metrics = [("RTT median ms", "rtt_median_us", 1e-3)] if r["concurrency"] == 1 else []
+            metrics += [("msg/s", "msgs_per_s", 1.0)]
+            if r["size"] >= 1 << 20:
+                metrics += [("MB/s", "mb_per_s", 1.0)]
+            for label, key, scale in metrics:
+                cells = [_opt(r["cellnet"].get(key), scale)]
+                for mode in ("frame", "stream"):
+                    theirs = r.get(f"flare_{mode}") or {}
+                    ratio = (r.get(f"ratio_{mode}") or {}).get(key)
+                    bad = " (!)" if f"errors_{mode}" in r or not r.get(f"route_ok_{mode}", True) else ""
+                    cells += [_opt(theirs.get(key), scale) + bad, _opt(ratio)]
+                lines.append(f"| {TOPOLOGY_LABELS.get(r['topology'], r['topology'])} | {fmt_size(r['size'])} | "
+                             f"{r['concurrency']} | {label} | " + " | ".join(cells) + " |")
+        lines.append("")
+    large = [r for r in rows if r["kind"] == "large"]
+    if large:
+        lines += ["One-way relayed transfers (site-1 -> server -> site-2; MB/s = size / time to the receiver's "
+                  "answer; relay MiB = peak RSS of the server, VmHWM after a reset). cellnet: "
+                  "`cellnet.benchmarks.large` (streamed; the receiver writes a file); FLARE: the receiver "
+                  "only counts the bytes.", "",
+                  "| size | cellnet MB/s | relay MiB | FLARE stream MB/s | relay MiB | ours/FLARE MB/s | "
+                  "FLARE frame MB/s | relay MiB | ours/FLARE MB/s |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for r in large:
+            cells = [_opt(r["cellnet"]["mb_per_s"]), _opt(r["cellnet"]["relay_peak_kib"], 1 / 1024)]
+            for mode in ("stream", "frame"):
+                theirs = r.get(f"flare_{mode}")
+                if theirs is None:
+                    cells += ["-", "-", "-"]
+                    continue
+                bad = " (!)" if f"errors_{mode}" in r else ""
+                cells += [_opt(theirs["mb_per_s"]) + bad, _opt(theirs["relay_peak_kib"], 1 / 1024),
+                          _opt(r[f"ratio_{mode}"]["mb_per_s"])]
+            lines.append(f"| {fmt_size(r['size'])} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for r in rows:
+        for mode in ("frame", "stream"):
+            for err in r.get(f"errors_{mode}", [])[:1]:
+                lines.append(f"(!) FLARE {mode} {r['topology']} {fmt_size(r['size'])}: {err[:200]}")
+    return lines
 
 
 def plot(doc: dict[str, Any], out: Path) -> list[Path]:
@@ -192,16 +339,20 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
                     ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=3, capsize=2,
                                 linestyle="-" if ci == 0 else "--", color=colors.get(topo),
                                 label=f"{TOPOLOGY_LABELS.get(topo, topo)} x{c}")
-            for b_i, module in enumerate(sorted({b["module"] for b in doc["baselines"] if b["driver"] == driver})):
+            raw_lines = sorted({(b["module"], b.get("concurrency", 1)) for b in doc["baselines"]
+                                if b["driver"] == driver})
+            for b_i, (module, c) in enumerate(raw_lines):
+                if kind == "latency" and c != concs[0]:
+                    continue
                 pts = [b for b in doc["baselines"] if b["driver"] == driver and b["module"] == module
-                       and "error" not in b]
+                       and b.get("concurrency", 1) == c and "error" not in b]
                 if kind == "latency":
                     pts = [b for b in pts if "rtt_median_us" in b]
                 if not pts:
                     continue
                 ys = [b["rtt_median_us"] / 1e3 if kind == "latency" else b["mb_per_s"] for b in pts]
-                ax.plot([b["size"] for b in pts], ys, linestyle=":", marker="s", ms=3,
-                        color="black" if b_i == 0 else "gray", label=f"raw {module}")
+                ax.plot([b["size"] for b in pts], ys, linestyle=":" if c == 1 else "-.", marker="s", ms=3,
+                        color="black" if b_i == 0 else "gray", label=f"raw {module}" + (f" x{c}" if c != 1 else ""))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(driver)

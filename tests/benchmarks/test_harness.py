@@ -34,6 +34,7 @@ warmup = 1
 baseline_bytes = "256KiB"
 baseline_min_count = 3
 baseline_max_count = 50
+compare = false
 """
 
 
@@ -63,6 +64,7 @@ def test_json_is_well_formed(doc: dict[str, Any]) -> None:
     assert machine["python"] and machine["platform"] and machine["cpu_count"] >= 1
     assert "cellnet" in machine["packages"] and "matplotlib" in machine["packages"]
     assert "NVIDIA FLARE" in doc["nvflare"]
+    assert "flare" not in doc  # compare = false in the tiny config
     assert [g["driver"] for g in doc["groups"]] == ["tcp"] and "error" not in doc["groups"][0]
     # every cell of the matrix was measured once, without errors
     cells = {(m["topology"], m["size"], m["concurrency"]) for m in doc["measurements"]}
@@ -70,8 +72,10 @@ def test_json_is_well_formed(doc: dict[str, Any]) -> None:
     assert len(doc["measurements"]) == len(cells)
     assert not any("error" in m for m in doc["measurements"])
     assert len(doc["summary"]) == len(cells)
-    modules = {(b["module"], b["size"]) for b in doc["baselines"]}
-    assert modules == {(m, s) for m in ("raw_echo", "raw_stream") for s in SIZES}
+    modules = sorted((b["module"], b["size"], b["concurrency"]) for b in doc["baselines"])
+    # the raw tcp echo runs at every concurrency level, the one-way stream once
+    assert modules == sorted([("raw_echo", s, c) for s in SIZES for c in (1, 4)]
+                             + [("raw_stream", s, 1) for s in SIZES])
 
 
 def test_every_figure_is_positive(doc: dict[str, Any]) -> None:
@@ -93,6 +97,19 @@ def test_every_figure_is_positive(doc: dict[str, Any]) -> None:
             assert 0 < s[key]["min"] <= s[key]["median"] <= s[key]["max"]
         if s["concurrency"] == 1:
             assert s["rtt_vs_raw"] > 0 and s["mb_per_s_vs_raw"] > 0
+        else:  # next to the raw echo with as many requests pipelined on one connection
+            assert s["raw_msgs_per_s"] > 0 and s["msgs_per_s_vs_raw"] > 0
+            assert math.isclose(s["msgs_per_s_vs_raw"], s["msgs_per_s"]["median"] / s["raw_msgs_per_s"])
+
+
+def test_raw_echo_at_concurrency(doc: dict[str, Any]) -> None:
+    for b in doc["baselines"]:
+        if b["module"] != "raw_echo" or b["concurrency"] == 1:
+            continue
+        assert b["effective_concurrency"] == 4 and b["count"] >= 8 * 4
+        assert math.isclose(b["mb_per_s"], 2 * b["size"] * b["msgs_per_s"] / 1e6, rel_tol=1e-9)
+        assert math.isclose(b["msgs_per_s"], b["count"] / b["elapsed_s"], rel_tol=1e-9)
+        assert b["rtt_min_us"] <= b["rtt_median_us"] <= b["rtt_p99_us"]
 
 
 def test_mb_per_s_agrees_with_size_and_rtt(doc: dict[str, Any]) -> None:
@@ -131,6 +148,7 @@ def test_markdown_and_plots(run: tuple[subprocess.CompletedProcess[str], Path], 
     header = next(ln for ln in tcp.splitlines() if ln.startswith("| path"))
     assert all(ln.count("|") == header.count("|") for ln in rows)
     assert "(!)" not in md
+    assert "raw msg/s x4" in header and "msg/s/raw x4" in header
     assert "site->site direct: site-3 -> site-2" in md
     for name in ("latency.png", "throughput.png"):
         data = (out / name).read_bytes()
@@ -147,7 +165,8 @@ def test_config_defaults_quick_and_errors(tmp_path: Path) -> None:
     bad = tmp_path / "bad.toml"
     bad.write_text('[bench]\nsizes = ["2GiB"]\nmax_message = "1MiB"\n')
     assert load_bench_config(bad, quick=False).max_message > 2 << 30
-    for text in ('[bench]\ndrivers = ["udp"]\n', "[bench]\nrepetitions = 0\n", "[bench]\nspeed = 1\n",
+    assert quick.compare_sizes == [100, 1024] and quick.compare_large == [64 << 20]
+    for text in ('[bench]\ndrivers = ["udp"]\n', "[bench]\ncompare_sizes = []\n", "[bench]\ncompare = 1\n", "[bench]\nrepetitions = 0\n", "[bench]\nspeed = 1\n",
                  '[bench]\nsizes = ["lots"]\n', "[other]\n"):
         bad.write_text(text)
         with pytest.raises(BenchError):
