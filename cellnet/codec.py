@@ -22,7 +22,10 @@ This module never imports asyncio or sockets. Drivers that get a byte stream
 (TCP) read the prefix, call :func:`parse_prefix`, then read exactly the
 announced body; drivers that get whole messages (WebSocket, Redis) call
 :func:`decode_frame`. :class:`FrameDecoder` is the incremental form for
-arbitrary chunks of a stream.
+arbitrary chunks of a stream; :class:`BufferedFrameDecoder` is the same for
+transports that read into a buffer they are handed (the TCP driver): it
+reads the body of a large frame straight into a buffer of its own, so the
+payload reaches the consumer without being copied.
 """
 
 from __future__ import annotations
@@ -295,3 +298,111 @@ class FrameDecoder:
     def at_boundary(self) -> bool:
         """True when no partial frame is buffered (a clean place for EOF)."""
         return self._prefix is None and not self._buf
+
+
+class BufferedFrameDecoder:
+    """Incremental decoder for transports that read into a buffer they are
+    given (``asyncio.BufferedProtocol``): ``get_buffer()`` says where the next
+    bytes go, ``buffer_updated(n)`` says how many arrived and returns the
+    frames they complete.
+
+    Small frames are parsed out of one reusable scratch buffer. The body of a
+    large frame (``direct`` bytes or more) is read straight into a buffer of
+    its own, allocated once its prefix has passed the limit checks, and the
+    frame's payload is a view of that buffer: the bytes are not copied
+    between the socket and the consumer. A peer can thus make us allocate at
+    most one body of ``limits.max_header + limits.max_payload`` bytes, and
+    only by announcing it in a prefix that passed the checks.
+    """
+
+    def __init__(self, limits: FrameLimits | None = None, *, scratch: int = 64 * 1024,
+                 direct: int = 16 * 1024) -> None:
+        self._limits = limits or FrameLimits()
+        if scratch < PREFIX_SIZE + self._limits.max_header + direct:
+            scratch = PREFIX_SIZE + self._limits.max_header + direct
+        self._scratch = bytearray(scratch)
+        self._view = memoryview(self._scratch)
+        self._start = 0  # unparsed bytes are scratch[_start:_end]
+        self._end = 0
+        self._direct = direct
+        self._prefix: Prefix | None = None  # of the large frame being read
+        self._body: bytearray | None = None
+        self._fill = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as frames."""
+        return self._end - self._start + (self._fill if self._body is not None else 0)
+
+    def at_boundary(self) -> bool:
+        """True when no partial frame is buffered (a clean place for EOF)."""
+        return self._body is None and self._start == self._end
+
+    def get_buffer(self, sizehint: int = -1) -> memoryview:
+        """Where the transport should write the next bytes."""
+        if self._body is not None:
+            return memoryview(self._body)[self._fill :]
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif len(self._scratch) - self._end < PREFIX_SIZE + self._limits.max_header:
+            # Move the unparsed tail to the front: room for at least a prefix and a header.
+            n = self._end - self._start
+            self._view[:n] = self._view[self._start : self._end]
+            self._start, self._end = 0, n
+        return self._view[self._end :]
+
+    def buffer_updated(self, nbytes: int) -> tuple[list[Frame], FrameError | None]:
+        """``nbytes`` were written into the last buffer; return the frames
+        completed, and the error that makes the stream unusable, if any."""
+        frames: list[Frame] = []
+        if self._body is not None:
+            self._fill += nbytes
+            if self._fill < len(self._body):
+                return frames, None
+            try:
+                frames.append(self._take_body())
+            except FrameError as exc:
+                return frames, exc
+            return frames, None
+        self._end += nbytes
+        try:
+            self._parse(frames)
+        except FrameError as exc:
+            return frames, exc
+        return frames, None
+
+    def _parse(self, frames: list[Frame]) -> None:
+        view, limits, scratch = self._view, self._limits, self._scratch
+        unpack = PREFIX.unpack_from
+        while self._end - self._start >= PREFIX_SIZE:
+            pos = self._start
+            magic, version, kind, flags, hlen, plen = unpack(scratch, pos)
+            if (magic != MAGIC or version != VERSION or kind not in _KINDS
+                    or hlen > limits.max_header or plen > limits.max_payload):
+                parse_prefix(view[pos : pos + PREFIX_SIZE], limits)  # raises the precise error
+            need = hlen + plen
+            start = pos + PREFIX_SIZE
+            have = self._end - start
+            if need >= self._direct and have < need:
+                # A large body: read it into a buffer of its own from here on.
+                body = bytearray(need)
+                body[:have] = view[start : self._end]
+                self._prefix = Prefix(_KIND[kind], flags, hlen, plen)
+                self._body, self._fill = body, have
+                self._start = self._end = 0
+                return
+            if have < need:
+                return  # the rest of a small frame comes later
+            hend = start + hlen
+            self._start = hend + plen
+            header = decode_header(view[start:hend])
+            payload = bytes(view[hend : self._start]) if plen else b""
+            frames.append(Frame(_KIND[kind], header, payload, flags))
+
+    def _take_body(self) -> Frame:
+        prefix, body = self._prefix, self._body
+        assert prefix is not None and body is not None
+        self._prefix, self._body, self._fill = None, None, 0
+        view = memoryview(body)
+        header = decode_header(view[: prefix.header_len])
+        return Frame(prefix.kind, header, view[prefix.header_len :], prefix.flags)

@@ -165,13 +165,18 @@ class Message:
                 raise TypeError("malformed reply_to")
             x = h.get("x")
             budget = h.get("b")
+            payload = frame.payload
+            if type(payload) is memoryview:
+                # A view into a receive buffer (a zero-copy read): handlers
+                # get plain bytes, as they would expect.
+                payload = payload.tobytes()
             msg = cls(
                 _MSG_TYPE[h["t"]],
                 src,
                 dst,
                 channel,
                 topic,
-                frame.payload,
+                payload,
                 meta,
                 msg_id,
                 reply_to,

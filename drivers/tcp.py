@@ -15,7 +15,10 @@ TLS
 Behaviour
     One TCP connection per link, ``TCP_NODELAY`` set, frames written with the
     codec's fixed prefix. Reading checks each prefix against the configured
-    limits before the body is read, so a lying peer cannot make us allocate.
+    limits before the body is read, so a lying peer cannot make us allocate
+    more than one checked frame. Bytes are read into buffers the decoder
+    hands out (``asyncio.BufferedProtocol``): the body of a large frame goes
+    from the socket into its own buffer and on to the consumer, uncopied.
     ``send`` waits (back-pressure) once more than ``LinkOptions.write_buffer``
     bytes are queued in the kernel-side transport.
 
@@ -37,7 +40,7 @@ from urllib.parse import urlsplit
 
 from collections import deque
 
-from cellnet.codec import Frame, FrameDecoder, encode_parts
+from cellnet.codec import BufferedFrameDecoder, Frame, encode_parts
 from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink
 from cellnet.errors import ConfigError, ConnectError, FrameError, LinkBroken, LinkClosed
 from cellnet.tls import TlsSettings
@@ -78,7 +81,7 @@ def _ssl_context(url: str, options: LinkOptions, *, server: bool) -> ssl.SSLCont
     return tls.server_context() if server else tls.client_context()
 
 
-class _FrameProtocol(asyncio.Protocol):
+class _FrameProtocol(asyncio.BufferedProtocol):
     """Bytes from the socket -> frames in a bounded deque.
 
     Reading pauses while more than ``_MAX_QUEUED`` frames wait for the
@@ -89,7 +92,7 @@ class _FrameProtocol(asyncio.Protocol):
         self, options: LinkOptions, on_made: Callable[[_FrameProtocol], None] | None = None
     ) -> None:
         self._on_made = on_made
-        self._decoder = FrameDecoder(options.limits)
+        self._decoder = BufferedFrameDecoder(options.limits)
         self._queued_bytes = 0
         self.frames: deque[Frame] = deque()
         self.transport: asyncio.Transport | None = None
@@ -107,10 +110,13 @@ class _FrameProtocol(asyncio.Protocol):
         if self._on_made is not None:
             self._on_made(self)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._decoder.get_buffer(sizehint)
+
+    def buffer_updated(self, nbytes: int) -> None:
         if self.error is not None:
             return
-        frames, error = self._decoder.feed_partial(data)
+        frames, error = self._decoder.buffer_updated(nbytes)
         if error is not None:
             # Frames completed before the bad bytes are delivered first.
             self.frames.extend(frames)

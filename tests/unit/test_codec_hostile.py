@@ -26,6 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cellnet.codec import (
+    BufferedFrameDecoder,
     MAGIC,
     PREFIX,
     PREFIX_SIZE,
@@ -521,3 +522,73 @@ def test_header_at_the_limit_is_not_preallocated() -> None:
     assert traced_peak(lambda: decoder.feed(head)) < ALLOCATION_BUDGET
     assert decoder.buffered == 2
     assert decoder.pending_body == 2 * MiB - 2
+
+
+# -- the buffered decoder (asyncio.BufferedProtocol) ---------------------------------
+
+
+def feed_buffered(
+    decoder: BufferedFrameDecoder, chunks: Sequence[bytes]
+) -> tuple[list[Frame], FrameError | None]:
+    """Write chunks through get_buffer()/buffer_updated() as a transport would
+    (a chunk larger than the buffer offered goes in several writes)."""
+    out: list[Frame] = []
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            buf = decoder.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            assert n > 0
+            buf[:n] = view[:n]
+            view = view[n:]
+            got, error = decoder.buffer_updated(n)
+            out += got
+            if error is not None:
+                return out, error
+    return out, None
+
+
+# A tiny direct threshold and scratch area, so both the scratch path, its
+# compaction and the direct-body path run on small examples.
+def small_buffered() -> BufferedFrameDecoder:
+    return BufferedFrameDecoder(LIMITS, scratch=0, direct=64)
+
+
+@SETTINGS
+@given(good=frame_lists, data=st.data())
+def test_buffered_decoder_matches_the_stream_decoder(good: list[Frame], data: st.DataObject) -> None:
+    stream = b"".join(encode_frame(f) for f in good)
+    chunks = data.draw(chunked(stream), label="chunks")
+    decoder = small_buffered()
+    out, error = feed_buffered(decoder, chunks)
+    assert error is None
+    assert out == good
+    assert decoder.at_boundary() and decoder.buffered == 0
+
+
+@SETTINGS
+@given(garbage=st.binary(max_size=512), good=leading, data=st.data())
+def test_buffered_decoder_rejects_like_the_stream_decoder(
+    garbage: bytes, good: list[Frame], data: st.DataObject
+) -> None:
+    stream = b"".join(encode_frame(f) for f in good) + garbage
+    chunks = data.draw(chunked(stream), label="chunks")
+    expected, expected_error = FrameDecoder(LIMITS).feed_partial(stream)
+    out, error = feed_buffered(small_buffered(), chunks)
+    assert out == expected
+    assert type(error) is type(expected_error)
+
+
+def test_buffered_decoder_allocates_a_large_body_only_after_its_prefix_is_checked() -> None:
+    decoder = BufferedFrameDecoder(LIMITS)
+    out, error = feed_buffered(decoder, [prefix(payload_len=2**63)])
+    assert out == [] and isinstance(error, FrameTooLarge)
+    decoder = BufferedFrameDecoder(LIMITS)
+    header = msgpack.packb({"k": 1})
+    body = bytes(range(256)) * 4096  # 1 MiB, the limit
+    frame_bytes = prefix(header_len=len(header), payload_len=len(body)) + header + body
+    out, error = feed_buffered(decoder, [frame_bytes[:1000]])
+    assert out == [] and error is None and decoder.buffered == 1000 - PREFIX_SIZE
+    out, error = feed_buffered(decoder, [frame_bytes[1000:]])
+    assert error is None and len(out) == 1
+    assert isinstance(out[0].payload, memoryview) and out[0].payload == body  # not copied
