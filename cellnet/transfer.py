@@ -200,9 +200,9 @@ class Transfers:
         except asyncio.CancelledError:
             await self._abort(out, "the sender cancelled the transfer")
             raise
-        except CellnetError as exc:
+        except Exception as exc:  # also a source that fails (an unreadable file)
             if out.error is None:  # not the receiver's own verdict: tell it
-                await self._abort(out, str(exc))
+                await self._abort(out, str(exc) or type(exc).__name__)
             raise
         finally:
             del self._out[msg.id]

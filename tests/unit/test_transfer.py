@@ -470,3 +470,32 @@ async def test_closing_right_after_a_streamed_reply_still_acknowledges_it(bus: B
             break
         await asyncio.sleep(0.02)
     assert site2._transfers.active == (0, 0)
+
+
+async def test_a_failing_source_fails_the_receiver_at_once(bus: Bus) -> None:
+    _, site1, site2 = await three(bus)
+    failed: list[BaseException] = []
+
+    @site2.on("sink", stream=True)
+    async def sink(msg: Message) -> None:
+        assert msg.stream is not None
+        try:
+            await msg.stream.read()
+        except TransferFailed as exc:
+            failed.append(exc)
+
+    async def broken() -> AsyncIterator[bytes]:
+        for _ in range(3):
+            yield b"a" * CHUNK
+        raise OSError("disk went away")
+
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(OSError, match="disk went away"):
+        await site1.send("site-2", "sink", "x", broken())
+    for _ in range(50):
+        if failed:
+            break
+        await asyncio.sleep(0.02)
+    assert failed and "disk went away" in str(failed[0])
+    assert loop.time() - t0 < FAST.transfer_resume / 2  # told, not timed out
