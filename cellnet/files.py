@@ -24,6 +24,7 @@ import asyncio
 import hashlib
 import logging
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .cell import Cell, Reply
-from .errors import ChecksumMismatch
+from .errors import ChecksumMismatch, RemoteError
 from .stream import Progress
 
 if TYPE_CHECKING:
@@ -48,7 +49,13 @@ MIN_RATE = 1_000_000  # bytes per second
 _MAX_NAME = 255  # bytes, the usual file-name limit of a file system
 
 
-class UnsafeName(ValueError):
+class FileRefused(RemoteError):
+    """The receiver refuses a file (an existing name, a name already
+    arriving, no space, an unsafe name); the sender gets it as a
+    :class:`~cellnet.errors.RemoteError`, the receiver logs one line."""
+
+
+class UnsafeName(FileRefused, ValueError):
     """A file name the receiver refuses: it could leave the folder, hide
     itself or is not a valid name on disk."""
 
@@ -145,13 +152,14 @@ def serve_files(
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder")
+    _remove_leftovers(root)
     arriving: set[str] = set()
 
     async def put(msg: Message) -> Reply:
         assert msg.stream is not None  # registered with stream=True
         name = safe_name(msg.meta.get("name"))
         if name in arriving:
-            raise FileExistsError(f"{name} is already being received by {cell.name}")
+            raise FileRefused(f"{name} is already being received by {cell.name}")
         arriving.add(name)
         try:
             received = await _receive(msg, root, name, overwrite)
@@ -186,11 +194,11 @@ async def _receive(msg: Message, root: Path, name: str, overwrite: bool) -> Rece
     assert stream is not None
     target = root / name
     if not overwrite and target.exists():
-        raise FileExistsError(f"{name} exists on {msg.dst}; not overwritten")
+        raise FileRefused(f"{name} exists on {msg.dst}; not overwritten")
     if stream.size is not None:
         free = shutil.disk_usage(root).free
         if stream.size > free:
-            raise OSError(f"{name}: {stream.size} bytes do not fit ({free} bytes free on {msg.dst})")
+            raise FileRefused(f"{name}: {stream.size} bytes do not fit ({free} bytes free on {msg.dst})")
     incoming = root / f".{name}.{msg.id}"
     try:
         await stream.save(incoming)
@@ -206,16 +214,29 @@ async def _receive(msg: Message, root: Path, name: str, overwrite: bool) -> Rece
     return ReceivedFile(name, target, size, digest, msg.src)
 
 
+_LEFTOVER = re.compile(r"\..+\.[0-9a-f]{32}(\.partial)?")
+
+
+def _remove_leftovers(root: Path) -> None:
+    """Remove the files in progress a receiver killed mid-transfer left
+    (hidden, named ``.<name>.<transfer id>[.partial]``): they can never
+    be completed, as a transfer does not outlive its receiver."""
+    for path in root.iterdir():
+        if _LEFTOVER.fullmatch(path.name) and path.is_file():
+            log.warning("removing %s, left by a transfer that did not finish", path)
+            path.unlink(missing_ok=True)
+
+
 def _link_new(src: Path, dst: Path, exists: str) -> None:
     """Give ``src`` the name ``dst`` unless ``dst`` exists (atomic where the
     file system has hard links)."""
     try:
         os.link(src, dst)
     except FileExistsError:
-        raise FileExistsError(exists) from None
+        raise FileRefused(exists) from None
     except OSError:  # no hard links here: check, then rename
         if dst.exists():
-            raise FileExistsError(exists) from None
+            raise FileRefused(exists) from None
         os.replace(src, dst)
 
 

@@ -61,6 +61,7 @@ from .errors import (
     RequestTimeout,
     TransferFailed,
     TransportError,
+    Unreachable,
 )
 from .message import Message, MsgType, Status
 from .payload import Source
@@ -104,6 +105,7 @@ class _Outbound:
     complete: bool = False
     stopped: bool = False
     synced: bool = False
+    opened: bool = False  # the receiver answered at least once
     resync: bool = False
     rewind_to: int | None = None
     error: BaseException | None = None
@@ -298,6 +300,8 @@ class Transfers:
             if out.deadline is not None:
                 left = min(left, out.deadline - now)
             if not await self._emit(out, self._chunk_frame(out, query), first=True):
+                if not out.opened and cell._route(out.dst) is None:
+                    raise Unreachable(f"no route from {cell.name} to {out.dst}")
                 await cell._wait_route_change(min(1.0, left))
                 continue
             out.wake.clear()
@@ -391,6 +395,7 @@ class Transfers:
                     f"{out.acked}); was it restarted?"
                 )
             out.synced = True
+            out.opened = True
         if a > out.acked:
             out.acked = a
             out.source.release(a)
@@ -414,8 +419,12 @@ class Transfers:
             code = Status(status)
         except ValueError:
             code = Status.TRANSFER_FAILED
-        if code is Status.UNREACHABLE:
-            out.resync = True  # a relay lost the next hop: ask again once routes settle
+        if code is Status.UNREACHABLE and not out.opened:
+            # Never reached it: the name is unknown or the cell is not there
+            # (as for a plain request, no waiting).
+            out.error = Unreachable(f"{h.get('s')}: {text}")
+        elif code is Status.UNREACHABLE:
+            out.resync = True  # a relay lost the next hop mid-transfer: ask again
         elif code is Status.TOO_LARGE:
             out.error = MessageTooLarge(
                 int(meta.get("size", out.size or 0)), int(meta.get("limit", 0)),
@@ -536,7 +545,8 @@ class Transfers:
             # A question about a transfer we never saw (or forgot): it cannot continue.
             self._reply_credit(
                 src, xid, {"x": int(Status.TRANSFER_FAILED),
-                           "m": {"error": f"{cell.name} does not know transfer {xid}"}},
+                           "m": {"error": f"{cell.name} does not know transfer {xid} (was it restarted?);"
+                                             " the payload has to be sent again"}},
             )
             return
         budget = env.get("b")

@@ -126,3 +126,15 @@ def test_unsafe_names_are_refused(name: str) -> None:
 @pytest.mark.parametrize("name", ["model.bin", "a..b", "résumé.pdf", "x" * 255])
 def test_plain_names_are_kept(name: str) -> None:
     assert safe_name(name) == name
+
+
+async def test_serving_a_folder_removes_leftovers_of_a_killed_receiver(tmp_path: Path) -> None:
+    from cellnet.cell import Cell
+    from cellnet.files import serve_files
+
+    left = tmp_path / (".model.bin." + "ab" * 16 + ".partial")
+    left.write_bytes(b"half")
+    keep = tmp_path / ".profile"
+    keep.write_bytes(b"mine")
+    serve_files(Cell("site-2", listen=["tcp://127.0.0.1:0"]), tmp_path)
+    assert not left.exists() and keep.exists()

@@ -499,3 +499,17 @@ async def test_a_failing_source_fails_the_receiver_at_once(bus: Bus) -> None:
         await asyncio.sleep(0.02)
     assert failed and "disk went away" in str(failed[0])
     assert loop.time() - t0 < FAST.transfer_resume / 2  # told, not timed out
+
+
+async def test_a_streamed_payload_to_an_absent_cell_fails_at_once(bus: Bus, tmp_path: Path) -> None:
+    from cellnet.errors import Unreachable
+
+    _, site1, _ = await three(bus)
+    (tmp_path / "f.bin").write_bytes(b"tiny")
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(Unreachable):
+        await site1.request("site-9", "files", "put", tmp_path / "f.bin", timeout=20)
+    with pytest.raises(Unreachable):
+        await site1.send("site-9", "files", "put", blob(3 * CHUNK))
+    assert loop.time() - t0 < 2
