@@ -46,7 +46,7 @@ defaults::
     # "10MB" (see cellnet.sizes for every accepted unit).
     max_message = "8GiB"   # largest message payload this cell sends or accepts,
                            # on every hop; larger payloads fail at the sender
-    max_header = "64KiB"   # largest message header
+    max_header = "64KiB"   # largest message header (at least 1KiB)
     chunk = "1MiB"         # payloads larger than this travel in chunks of this
                            # size (at most 16MiB), with flow control and resume
     window = "16MiB"       # credit per chunked transfer: bytes a sender may have
@@ -142,6 +142,8 @@ from .tls import SECURE_SCHEMES, TlsSettings
 
 #: bounds of ``limits.chunk``; every link accepts frames of MAX_CHUNK bytes
 MIN_CHUNK = 4 * KiB
+#: the smallest ``limits.max_header``: room for the routing fields and a short route
+MIN_HEADER = 1 * KiB
 MAX_CHUNK = 16 * MiB
 
 # -- parsing one value -------------------------------------------------------
@@ -360,6 +362,11 @@ class Limits:
 
     def check(self, source: str = "limits") -> None:
         """Raise :class:`ConfigError` when the sizes do not fit together."""
+        if self.max_header < MIN_HEADER:
+            raise ConfigError(
+                f"{source}: limits.max_header: expected a size >= {MIN_HEADER} bytes (a message's"
+                f" routing fields need that much), got {self.max_header}"
+            )
         if not MIN_CHUNK <= self.chunk <= MAX_CHUNK:
             raise ConfigError(
                 f"{source}: limits.chunk: expected a size from {MIN_CHUNK} to {MAX_CHUNK} bytes,"

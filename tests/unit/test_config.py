@@ -652,3 +652,10 @@ def test_tls_unknown_key_suggests_the_right_one() -> None:
     data = {"cell": {"name": "site-1", "parent": "tls://h:1"}, "tls": {"crt": "a.pem"}}
     with pytest.raises(ConfigError, match=r'tls.crt: unknown key \(did you mean "cert"\?\)'):
         config_from_mapping(data)
+
+
+def test_a_header_limit_too_small_for_routing_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "cell.toml"
+    path.write_text(CLIENT + '\n[limits]\nmax_header = "10"\n')
+    with pytest.raises(ConfigError, match=r"limits.max_header: expected a size >= 1024"):
+        load_config(path)
