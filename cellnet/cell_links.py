@@ -28,7 +28,8 @@ from .message import Message, Status
 from .names import is_ancestor
 
 if TYPE_CHECKING:
-    from .cell import _Pending, _Relayed
+    from .cell import _Pending
+    from .relay import _Relayed
     from .config import Limits, Timeouts
     from .direct import DirectLinks
     from .transfer import Transfers
