@@ -491,6 +491,7 @@ class Cell(Relay, LinkLifecycle):
         self._tasks.add(upload)
         upload.add_done_callback(_upload_done)
         upload.add_done_callback(self._tasks.discard)
+        ask_every = 0.5  # once uploaded: ask for the reply again now and then
         try:
             while not future.done():
                 left = deadline - time.monotonic()
@@ -499,9 +500,12 @@ class Cell(Relay, LinkLifecycle):
                 route_changed = loop.create_task(self._route_changed.wait())
                 try:
                     waits: set[asyncio.Future[Any]] = {future, route_changed}
+                    wait = left
                     if not upload.done():
                         waits.add(upload)
-                    await asyncio.wait(waits, timeout=left, return_when=asyncio.FIRST_COMPLETED)
+                    else:
+                        wait = min(left, ask_every)
+                    await asyncio.wait(waits, timeout=wait, return_when=asyncio.FIRST_COMPLETED)
                 finally:
                     route_changed.cancel()
                 if future.done():
@@ -510,8 +514,11 @@ class Cell(Relay, LinkLifecycle):
                     error = upload.exception()
                     if error is not None:
                         raise error
-                    if route_changed.done() and not route_changed.cancelled():
-                        self._transfers.ask_reply(msg.dst, msg.id)
+                    # The reply may have been lost with a link, on our side
+                    # (a route change) or anywhere on the path (no news):
+                    # the destination sends it again if it has it.
+                    self._transfers.ask_reply(msg.dst, msg.id)
+                    ask_every = min(ask_every * 2, 4.0)
             return future.result()
         except BaseException:
             if not upload.done():
