@@ -144,6 +144,23 @@ class Procs:
                     os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
 
+    def quit_worker(self, worker: subprocess.Popen[bytes]) -> None:
+        """Ask a measuring worker (which reads commands on stdin) to quit; once
+        it exits cleanly it is no longer one of ours to stop. Then check the rest."""
+        assert worker.stdin is not None
+        worker.stdin.write(b"quit\n")
+        worker.stdin.flush()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            worker.wait(15)
+        if worker.returncode == 0:
+            self.procs = [p for p in self.procs if p[1] is not worker]
+        self.check_alive()
+
+    def record_failure(self, group: dict[str, Any], exc: Exception) -> None:
+        """Put a failed group's error and the tail of every log into its record."""
+        group["error"] = f"{type(exc).__name__}: {exc}"
+        group["logs"] = {label: tail(log, 30) for label, _proc, log in self.procs}
+
     def stop_all(self) -> list[str]:
         """Stop every process, newest first; return notes on unclean exits."""
         notes = []

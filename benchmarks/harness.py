@@ -460,16 +460,9 @@ def run_driver(driver: str, cfg: BenchConfig, folder: Path, advance: Callable[[s
                                 "route_ok": res.get("route") == EXPECTED_ROUTES[topo],
                                 "peak_rss_kib": rss, "peak_rss_reset": reset, **res,
                             })
-            worker.stdin.write(b"quit\n")
-            worker.stdin.flush()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                worker.wait(15)
-            if worker.returncode == 0:
-                procs.procs = [p for p in procs.procs if p[1] is not worker]
-            procs.check_alive()
+            procs.quit_worker(worker)
     except Exception as exc:  # reported; the other drivers still run
-        group["error"] = f"{type(exc).__name__}: {exc}"
-        group["logs"] = {label: tail(lg, 30) for label, _p, lg in procs.procs}
+        procs.record_failure(group, exc)
     finally:
         notes = procs.stop_all()
         if notes:

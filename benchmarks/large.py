@@ -456,16 +456,9 @@ def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance
                         "file_bytes": file_bytes,
                         "bytes_ok": res.get("bytes") == size and file_bytes == size, **res,
                     })
-        sender.stdin.write(b"quit\n")
-        sender.stdin.flush()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            sender.wait(15)
-        if sender.returncode == 0:
-            procs.procs = [p for p in procs.procs if p[1] is not sender]
-        procs.check_alive()
+        procs.quit_worker(sender)
     except Exception as exc:  # reported; the other drivers still run
-        group["error"] = f"{type(exc).__name__}: {exc}"
-        group["logs"] = {label: tail(lg, 30) for label, _p, lg in procs.procs}
+        procs.record_failure(group, exc)
     finally:
         notes = procs.stop_all()
         if notes:
