@@ -29,6 +29,23 @@ A :class:`Link` is an ordered, reliable, bidirectional stream of frames:
 ``await link.aclose()``
     Release everything; idempotent; never raises.
 
+Optional fast paths (a driver may implement them; the defaults say "not
+supported" and the caller falls back to ``send`` and iteration):
+
+``link.send_nowait(frame) -> bool``
+    Send at once, without waiting, if the link can take the frame now (not
+    congested, not broken); False means "use ``send``", which then waits or
+    raises as usual.
+
+``link.set_receiver(receiver) -> bool``
+    Deliver frames by calling ``receiver(frame)`` from the transport's own
+    receive callback instead of through iteration, which saves an event-loop
+    wake-up per frame. The receiver returns False to hold delivery: the
+    following frames are queued (bounded, with the driver's usual
+    back-pressure) until :meth:`Link.resume_receiving`, which delivers them
+    in order. While a receiver is set, iteration yields no frames: it only
+    ends, or raises, when the link does.
+
 Drivers translate their library's exceptions into the cellnet error tree at
 this edge. Handshakes, heartbeats and routing live above, in
 :mod:`cellnet.links` and :mod:`cellnet.cell`; drivers only move frames.
@@ -92,6 +109,18 @@ class Link(abc.ABC):
     @abc.abstractmethod
     def closed(self) -> bool: ...
 
+    def send_nowait(self, frame: Frame) -> bool:
+        """Send ``frame`` at once if the link can take it without waiting."""
+        return False
+
+    def set_receiver(self, receiver: Receiver) -> bool:
+        """Deliver frames by calling ``receiver`` (see the module docs);
+        False if this link does not support it."""
+        return False
+
+    def resume_receiving(self) -> None:
+        """Deliver the frames queued since the receiver held delivery."""
+
 
 class Listener(abc.ABC):
     """A bound listener; ``url`` is the address peers should dial."""
@@ -103,6 +132,8 @@ class Listener(abc.ABC):
 
 
 OnLink = Callable[[Link], Awaitable[None]]
+#: called with each frame; returns False to hold delivery (see the module docs)
+Receiver = Callable[[Frame], bool]
 
 
 class Driver(abc.ABC):

@@ -52,6 +52,7 @@ log = logging.getLogger("cellnet.links")
 
 PROTOCOL_VERSION = 1
 _PING = Frame(Kind.PING)
+_BYE = object()  # what handling a BYE frame returns: stop receiving
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,33 +185,29 @@ class PeerLink:
         self._last_tx = time.monotonic()
         self.sent += 1
 
+    def send_frame_nowait(self, frame: Frame) -> bool:
+        """Send at once if the link can take the frame without waiting;
+        False: use :meth:`send_frame`."""
+        if self.link.send_nowait(frame):
+            self._last_tx = time.monotonic()
+            self.sent += 1
+            return True
+        return False
+
     async def run(self, on_message: OnFrame) -> None:
         """Receive until the link ends. Returns normally when closed by us;
         raises a TransportError or ProtocolError when it broke."""
         watchdog = asyncio.get_running_loop().create_task(self._watchdog())
         try:
-            async for frame in self._frames:
-                self._last_rx = time.monotonic()
-                kind = frame.kind
-                if kind is Kind.MESSAGE:
-                    self.received += 1
-                    pending = on_message(self, frame)
+            if self.link.set_receiver(self._make_receiver(on_message)):
+                await self._run_receiver()
+            else:
+                async for frame in self._frames:
+                    pending = self._take(frame, on_message)
+                    if pending is _BYE:
+                        return
                     if pending is not None:
-                        # Forwarding waits for the next hop; while it does we
-                        # do not read, so the peer's silence is ours.
-                        self._forwarding = True
-                        try:
-                            await pending
-                        finally:
-                            self._forwarding = False
-                            self._last_rx = time.monotonic()
-                elif kind is Kind.PING or kind is Kind.PONG:
-                    continue
-                elif kind is Kind.BYE:
-                    self.close_reason = "peer said goodbye"
-                    return
-                else:
-                    raise FrameError(f"unexpected {kind.name} frame after the handshake")
+                        await self._wait_forwarding(pending)
             if self.close_reason is None:
                 self.close_reason = "closed"
         except (TransportError, ProtocolError) as exc:
@@ -220,6 +217,89 @@ class PeerLink:
         finally:
             watchdog.cancel()
             await self.link.aclose()
+
+    def _take(self, frame: Frame, on_message: OnFrame) -> Awaitable[None] | object | None:
+        """Handle one frame: None when done, an awaitable to wait for
+        (forwarding to a congested next hop), or ``_BYE``."""
+        self._last_rx = time.monotonic()
+        kind = frame.kind
+        if kind is Kind.MESSAGE:
+            self.received += 1
+            return on_message(self, frame)
+        if kind is Kind.PING or kind is Kind.PONG:
+            return None
+        if kind is Kind.BYE:
+            self.close_reason = "peer said goodbye"
+            return _BYE
+        raise FrameError(f"unexpected {kind.name} frame after the handshake")
+
+    async def _wait_forwarding(self, pending: Awaitable[None]) -> None:
+        # Forwarding waits for the next hop; while it does we do not read,
+        # so the peer's silence is ours.
+        self._forwarding = True
+        try:
+            await pending
+        finally:
+            self._forwarding = False
+            self._last_rx = time.monotonic()
+
+    def _make_receiver(self, on_message: OnFrame) -> Callable[[Frame], bool]:
+        """The callback a driver calls with each frame (Link.set_receiver).
+        Anything but "done" holds delivery and wakes :meth:`_run_receiver`."""
+        self._held: Awaitable[None] | object | None = None
+        self._stop: Exception | None = None
+        self._receiving = True
+        self._wakeup = asyncio.Event()
+
+        def receive(frame: Frame) -> bool:
+            if not self._receiving:
+                return False  # run() ended: frames are left to the closing link
+            try:
+                pending = self._take(frame, on_message)
+            except Exception as exc:  # raised from run(), as when iterating
+                pending = _BYE
+                self._stop = exc
+            if pending is None:
+                return True
+            self._held = pending
+            self._wakeup.set()
+            return False
+
+        return receive
+
+    async def _run_receiver(self) -> None:
+        """Run while the driver delivers frames by callback: wait for what
+        the callback held (a congested forward, the peer's goodbye, an
+        error), and for the end of the link, which iteration reports."""
+        loop = asyncio.get_running_loop()
+        ended = loop.create_task(self._until_end())
+        ended.add_done_callback(lambda _: self._wakeup.set())
+        try:
+            while True:
+                held, self._held = self._held, None
+                if held is _BYE:
+                    if self._stop is not None:
+                        raise self._stop
+                    return
+                if held is not None:
+                    await self._wait_forwarding(held)  # type: ignore[arg-type]
+                    self.link.resume_receiving()  # delivers the queued frames; may hold again
+                    continue
+                if ended.done():
+                    ended.result()  # the link's error, if it broke
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+        finally:
+            self._receiving = False
+            if not ended.done():
+                ended.cancel()
+            elif not ended.cancelled():
+                ended.exception()  # retrieved: the link is gone either way
+
+    async def _until_end(self) -> None:
+        async for frame in self._frames:  # yields no frames while a receiver is set
+            raise AssertionError(f"{frame.kind.name} frame iterated while a receiver is set")
 
     async def _watchdog(self) -> None:
         step = min(self._interval, self._timeout / 3)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Awaitable
 
 from .codec import Frame, Kind
 from .errors import FrameError, TransportError
@@ -60,9 +60,13 @@ class Relay:
         def _send_control(self, frame: Frame) -> None: ...
         async def _reply_error(self, request: Message, status: Status, text: str, **extra: Any) -> None: ...
 
-    async def _forward(self, came_from: PeerLink, frame: Frame) -> None:
+    def _forward(self, came_from: PeerLink, frame: Frame) -> Awaitable[None] | None:
         """Relay a message for another cell without decoding it into a Message:
-        only the routing fields are read and the hop list is extended."""
+        only the routing fields are read and the hop list is extended.
+
+        The frame is sent at once when the next hop can take it; otherwise
+        this returns what the caller has to await (the next hop is
+        congested, or the sender gets an error reply)."""
         h = frame.header
         dst, hops, mtype = h.get("d"), h.get("h"), h.get("t")
         if not isinstance(dst, str) or not isinstance(hops, list) or mtype not in _MSG_TYPES:
@@ -71,19 +75,18 @@ class Relay:
         reason = loop_reason(self.name, hops, max_hops if isinstance(max_hops, int) else 0)
         hop = None if reason else self._route(dst)
         if mtype == _CHUNK or mtype == _CREDIT:
-            return await self._forward_transfer(came_from, frame, hop, reason)
+            return self._forward_transfer(came_from, frame, hop, reason)
         if hop is None or (hop == came_from.name and hop != dst):
             if mtype == MsgType.REQUEST:
                 why = reason or f"no route to {dst}"
-                await self._reply_error(Message.from_frame(frame), Status.UNREACHABLE, why)
-            else:
-                log.debug("%s: dropping a message for %s: no route", self.name, dst)
-            return
+                return self._reply_error(Message.from_frame(frame), Status.UNREACHABLE, why)
+            log.debug("%s: dropping a message for %s: no route", self.name, dst)
+            return None
         link = self._links[hop]
         size = len(frame.payload)
         if size > link.peer.max_message:
             if mtype == MsgType.REQUEST:
-                await self._reply_error(
+                return self._reply_error(
                     Message.from_frame(frame),
                     Status.TOO_LARGE,
                     f"message of {size} bytes exceeds the limit of {link.peer.max_message} at {hop}",
@@ -91,7 +94,7 @@ class Relay:
                     limit=link.peer.max_message,
                     at=hop,
                 )
-            return
+            return None
         msg_id = h.get("i")
         if mtype == MsgType.REQUEST and isinstance(msg_id, str):
             budget = h.get("b")
@@ -102,18 +105,25 @@ class Relay:
             self._relayed.pop(h.get("r"), None)  # type: ignore[arg-type]
         hops.append(self.name)
         self.counters.relayed += 1
+        if link.send_frame_nowait(frame):
+            return None
+        return self._send_forwarded(link, frame, msg_id if mtype == MsgType.REQUEST else None)
+
+    async def _send_forwarded(self, link: PeerLink, frame: Frame, request_id: Any) -> None:
+        """Send a relayed message, waiting for a congested next hop; a lost
+        next hop answers a request with ``UNREACHABLE``."""
         try:
             await link.send_frame(frame)
         except TransportError as exc:
-            if mtype == MsgType.REQUEST and isinstance(msg_id, str):
-                self._relayed.pop(msg_id, None)
+            if isinstance(request_id, str):
+                self._relayed.pop(request_id, None)
                 await self._reply_error(
-                    Message.from_frame(frame), Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}"
+                    Message.from_frame(frame), Status.UNREACHABLE, f"{self.name} lost the link to {link.name}: {exc}"
                 )
 
-    async def _forward_transfer(
+    def _forward_transfer(
         self, came_from: PeerLink, frame: Frame, hop: str | None, reason: str | None
-    ) -> None:
+    ) -> Awaitable[None] | None:
         """Relay a piece of a chunked transfer as it comes. The relay keeps
         no transfer state; it answers the sender itself only when it cannot
         forward (no route, or a first chunk announcing a size over the next
@@ -123,7 +133,7 @@ class Relay:
         if hop is None or (hop == came_from.name and hop != h["d"]):
             if is_chunk and h.get("x") is None:
                 self._transfer_error(h, Status.UNREACHABLE, reason or f"{self.name} has no route to {h['d']}")
-            return
+            return None
         link = self._links[hop]
         size = h.get("z")
         if is_chunk and isinstance(size, int) and size > link.peer.max_message:
@@ -132,15 +142,21 @@ class Relay:
                 h, Status.TOO_LARGE, f"message of {size} bytes exceeds the limit of {limit} at {hop}",
                 size=size, limit=limit, at=hop,
             )
-            return
+            return None
         h["h"].append(self.name)
         self.counters.relayed += 1
+        if link.send_frame_nowait(frame):
+            return None
+        return self._send_transfer_piece(link, frame, is_chunk)
+
+    async def _send_transfer_piece(self, link: PeerLink, frame: Frame, is_chunk: bool) -> None:
+        h = frame.header
         try:
             await link.send_frame(frame)
         except TransportError as exc:
             self._link_failed(link)
             if is_chunk and h.get("x") is None:
-                self._transfer_error(h, Status.UNREACHABLE, f"{self.name} lost the link to {hop}: {exc}")
+                self._transfer_error(h, Status.UNREACHABLE, f"{self.name} lost the link to {link.name}: {exc}")
 
     def _transfer_error(self, h: dict[str, Any], status: Status, text: str, **extra: Any) -> None:
         src, xid = h.get("s"), h.get("i")

@@ -41,7 +41,7 @@ from urllib.parse import urlsplit
 from collections import deque
 
 from cellnet.codec import BufferedFrameDecoder, Frame, encode_parts
-from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink
+from cellnet.driver import Capabilities, Driver, Link, Listener, LinkOptions, OnLink, Receiver
 from cellnet.errors import ConfigError, ConnectError, FrameError, LinkBroken, LinkClosed
 from cellnet.tls import TlsSettings
 
@@ -103,6 +103,10 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self._write_paused = False
         self._read_paused = False
         self._loop = asyncio.get_running_loop()
+        #: set: frames go to it from buffer_updated (see Link.set_receiver)
+        self.receiver: Receiver | None = None
+        #: the receiver held delivery: frames queue until resume()
+        self.held = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -117,6 +121,16 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self.error is not None:
             return
         frames, error = self._decoder.buffer_updated(nbytes)
+        receiver = self.receiver
+        if frames and receiver is not None and not self.held and not self.frames:
+            # The fast path: hand each frame over here, no task wake-up.
+            for i, frame in enumerate(frames):
+                if not receiver(frame):
+                    self.held = True
+                    frames = frames[i + 1 :]
+                    break
+            else:
+                frames = []
         if error is not None:
             # Frames completed before the bad bytes are delivered first.
             self.frames.extend(frames)
@@ -171,6 +185,17 @@ class _FrameProtocol(asyncio.BufferedProtocol):
             await self._reader
         finally:
             self._reader = None
+
+    def resume(self) -> None:
+        """Deliver the frames queued while the receiver held delivery."""
+        self.held = False
+        frames, receiver = self.frames, self.receiver
+        while frames and receiver is not None and not self.held:
+            frame = frames.popleft()
+            self.consumed(frame)
+            if not receiver(frame):
+                self.held = True
+            receiver = self.receiver
 
     def consumed(self, frame: Frame) -> None:
         self._queued_bytes -= len(frame.payload)
@@ -233,6 +258,27 @@ class TcpLink(Link):
             if protocol.lost and not self._closed:
                 raise self._broken()
 
+    def send_nowait(self, frame: Frame) -> bool:
+        protocol = self._protocol
+        if self._closed or protocol.lost or protocol._write_paused or self._transport.is_closing():
+            return False  # send() waits, or raises the precise error
+        head, payload = encode_parts(frame)
+        if len(payload) <= _SMALL:
+            self._transport.write(head + payload if payload else head)
+        else:
+            self._transport.write(head)
+            self._transport.write(payload)
+        return True
+
+    def set_receiver(self, receiver: Receiver) -> bool:
+        protocol = self._protocol
+        protocol.receiver = receiver
+        protocol.resume()  # frames that came before the receiver was set
+        return True
+
+    def resume_receiving(self) -> None:
+        self._protocol.resume()
+
     def __aiter__(self) -> AsyncIterator[Frame]:
         return self._frames()
 
@@ -240,7 +286,7 @@ class TcpLink(Link):
         protocol = self._protocol
         frames = protocol.frames
         while True:
-            while frames:
+            while frames and protocol.receiver is None:
                 frame = frames.popleft()
                 protocol.consumed(frame)
                 yield frame

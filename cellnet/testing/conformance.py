@@ -67,6 +67,12 @@ What is checked (each check bounds its time, so a hanging driver fails)
       receiver's iteration raises ``ProtocolError`` (``FrameTooLarge``); the
       frame sent before arrives, the over-limit one never does, and the
       listener keeps serving new links;
+    * the optional fast paths, when the driver offers them (else skipped):
+      ``send_nowait`` keeps order with ``send`` and refuses after
+      ``aclose()``; a receiver set with ``set_receiver`` gets every frame in
+      order, also those that arrived before it was set, gets none while it
+      holds delivery until ``resume_receiving()``, holding pushes back on the
+      sender, and iteration still raises ``LinkBroken`` when the peer closes;
     * TLS (``tls=True``): mutual TLS works; clients without a certificate,
       with one from another CA, or trusting another CA are refused and the
       listener keeps serving good clients. With
@@ -132,6 +138,7 @@ from cellnet.testing._harness import (
     size_label,
     tls_kit_for,
 )
+from cellnet.testing._fast_paths import FastPathChecks
 from cellnet.testing._peer import stream_payload
 from cellnet.testing.tlskit import TlsKit
 
@@ -167,7 +174,7 @@ def _seq_frame(seq: int, payload: bytes, **header: object) -> Frame:
     return Frame(Kind.MESSAGE, {"seq": seq, **header}, payload)
 
 
-class DriverConformance:
+class DriverConformance(FastPathChecks):
     """The checks; subclass it with an ``env`` fixture, or use :func:`driver_conformance`."""
 
     pytestmark = [pytest.mark.asyncio]
