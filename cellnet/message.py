@@ -43,9 +43,28 @@ class Status(enum.IntEnum):
     TRANSFER_FAILED = 7  # a streamed payload could not be completed
 
 
+# Ids are drawn from the OS's CSPRNG in batches: one system call per 256
+# ids. They stay unpredictable (a peer that saw some ids cannot guess the
+# next), and a forked child drops the batch it inherited.
+_ID_BATCH = 256
+_ids: list[str] = []
+
+
+def _draw_ids() -> None:
+    raw = os.urandom(16 * _ID_BATCH).hex()
+    _ids[:] = [raw[i : i + 32] for i in range(0, len(raw), 32)]
+
+
+os.register_at_fork(after_in_child=_ids.clear)
+
+
 def new_id() -> str:
     """A fresh, unique message id (128 random bits, hex)."""
-    return os.urandom(16).hex()
+    try:
+        return _ids.pop()
+    except IndexError:
+        _draw_ids()
+        return _ids.pop()
 
 
 @dataclass(frozen=True, slots=True)
