@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, cast
 from urllib.parse import urlsplit
 
 from collections import deque
@@ -109,8 +109,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self.held = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # Not an isinstance check: other event loops (uvloop) have their own
+        # transport classes with the same methods.
+        self.transport = cast(asyncio.Transport, transport)
         if self._on_made is not None:
             self._on_made(self)
 
