@@ -576,7 +576,7 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     note = nvflare_note(cfg)
-    console.print(note, highlight=False)
+    console.print(note, highlight=False, markup=False)
     compare = cfg.compare and importlib.util.find_spec("nvflare") is not None
     # the tcp driver is also measured at the comparison's sizes
     tcp_sizes = sorted(set(cfg.sizes) | set(cfg.compare_sizes)) if compare else cfg.sizes
@@ -680,7 +680,7 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         for path in plot(doc, out):
             console.print(f"wrote {path}", highlight=False)
     except ImportError:
-        console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False)
+        console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False, markup=False)
     console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['seconds']:.0f} s",
                   highlight=False)
     if interrupted:
