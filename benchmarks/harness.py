@@ -3,7 +3,8 @@
 ``cellnet bench [--config FILE] [--quick] [--out DIR]``, also
 ``python -m cellnet.benchmarks [--config FILE] [--quick] [--out DIR]``.
 With ``--large`` either runs the large-message benchmark instead
-(:mod:`cellnet.benchmarks.large`: 64 MiB to 2 GiB streamed into a file).
+(:mod:`cellnet.benchmarks.large`: 64 MiB to 2 GiB streamed to a receiver that
+counts the bytes, and into a file).
 
 What it runs
     For each driver (``tcp``, ``grpc``, ``http``, ``redis``) the harness first
@@ -64,7 +65,8 @@ NVIDIA FLARE's CellNet (``compare``)
     request), and one-way relayed transfers of ``compare_large`` with the
     relay's peak RSS; the tcp driver is measured at ``compare_sizes`` too,
     and our side of the large transfers is :mod:`cellnet.benchmarks.large`'s
-    tcp relayed measurement. ``results.json`` gets a ``flare`` object (both
+    tcp relayed measurement, with both sinks: ``discard`` (the receiver
+    counts the bytes, as FLARE's does: the ratios use it) and ``file``. ``results.json`` gets a ``flare`` object (both
     sides and ``rows``: ours/FLARE ratios) and ``results.md`` a table.
     Without ``nvflare`` the run says the comparison is skipped and how to
     enable it.
@@ -143,6 +145,7 @@ from typing import Any
 
 import typer
 
+from .large import SINKS as LARGE_SINKS
 from .drivers import (
     DRIVERS,
     BenchError,
@@ -586,7 +589,7 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         total += 1 + cfg.repetitions * (
             len(cfg.topologies) * len(cfg.compare_sizes) * len(cfg.concurrency) * 2
             + len(cfg.compare_large) * (2 if cfg.compare_frame else 1))
-        total += (1 + len(cfg.compare_large) * cfg.repetitions) if cfg.compare_large else 0
+        total += (1 + len(cfg.compare_large) * cfg.repetitions * len(LARGE_SINKS)) if cfg.compare_large else 0
     flare: dict[str, Any] | None = None
 
     def on_term(_sig: int, _frame: Any) -> None:
@@ -729,7 +732,8 @@ def bench_command(
     out: Path = typer.Option(Path("bench-results"), "--out", "-o", help="Folder for results.json, results.md, PNGs."),
     keep: bool = typer.Option(False, "--keep", help="Keep the temporary folder with configs and logs."),
     large: bool = typer.Option(False, "--large", help="Run the large-message benchmark instead: 64 MiB to 2 GiB "
-                               "streamed into a file (the large table of the config; writes large.json, large.md)."),
+                               "streamed, counted and saved into a file (the large table of the config; writes "
+                               "large.json, large.md)."),
 ) -> None:
     """Benchmark every transport: drivers x topologies x payload sizes x concurrency."""
     if large:

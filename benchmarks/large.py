@@ -1,8 +1,8 @@
-"""The large-message benchmark: streaming 64 MiB to 2 GiB into a file, beside raw TCP.
+"""The large-message benchmark: streaming 64 MiB to 2 GiB, counted or saved into a file, beside raw TCP.
 
 ``python -m cellnet.benchmarks.large [--config FILE] [--quick] [--out DIR]
-[--drivers tcp,http] [--topologies client-server,relayed] [--sizes 64MiB,512MiB]
-[--repetitions N] [--tmp DIR] [--keep] [--no-progress]``, also
+[--drivers tcp,http] [--topologies client-server,relayed] [--sinks discard,file]
+[--sizes 64MiB,512MiB] [--repetitions N] [--tmp DIR] [--keep] [--no-progress]``, also
 ``cellnet bench --large [--config FILE] [--quick] [--out DIR]``.
 
 Why it exists
@@ -30,11 +30,21 @@ What it runs
     Every measurement sends one request whose payload is an async iterable
     of ``block``-sized blocks, cycled from a pool of ``blocks`` seeded
     random blocks generated before the measurement (so no process ever holds
-    the payload as one bytes object). The receiver's stream handler writes
-    the payload into a file in a temporary folder with ``Stream.save``
-    (which writes ``<name>.partial``, fsyncs it and renames it), then answers
-    with the byte count. The benchmark checks the count and the file's size
-    on disk against the size sent and deletes the file.
+    the payload as one bytes object), to one of the receiver's two stream
+    handlers (topics), one per sink:
+
+    * ``discard``: the handler iterates the stream and only counts the bytes
+      (like the raw baseline's sink), then answers with the count. The
+      benchmark checks the count against the size sent. This is the
+      like-for-like comparison with the raw baseline: the transport alone.
+    * ``file``: the handler writes the payload into a file in a temporary
+      folder with ``Stream.save`` (which writes ``<name>.partial``, fsyncs it
+      and renames it), then answers with the byte count. The benchmark checks
+      the count and the file's size on disk against the size sent and deletes
+      the file. This is the transport plus writing and fsyncing the file.
+
+    Every (size, repetition, topology) is measured with each sink of
+    ``sinks``, one after the other, over the same linked cells.
 
     Before each measurement the benchmark reads ``VmRSS`` of every process
     (the baseline) and resets its peak (``/proc/PID/clear_refs``); after it,
@@ -45,12 +55,16 @@ What it runs
     (one asyncio TCP connection between two processes, a counting sink)
     moves the same number of bytes in 1 MiB messages, once per repetition.
 
-Figures (per measurement; then median and min-max over the repetitions)
+Figures (per measurement; then median and min-max over the repetitions
+of every driver, topology, sink and size)
     MB/s = payload bytes / wall time from the start of the request to its
     reply (1 MB = 10^6 bytes; the payload is counted once), the ratio to the
-    raw baseline of the same size, the receiver's time in ``Stream.save``,
-    and per role (sender, relay, receiver) the baseline, peak and growth of
-    the resident set in KiB.
+    raw baseline of the same size (``x raw``, for both sinks: ``discard`` is
+    the like-for-like ratio, ``file`` includes writing and fsyncing the
+    file), the receiver's time in ``Stream.save`` (``file`` only; "-" for
+    ``discard``), and per role (sender, relay, receiver) the baseline, peak
+    and growth of the resident set in KiB. Every record (JSON) and table row
+    (Markdown, column ``sink`` after ``path``) names its sink.
 
 Output (into ``--out DIR``, default ``bench-results``)
     ``large.json`` (every figure of every repetition, the config, the
@@ -64,6 +78,8 @@ is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
 
     ``drivers``             from tcp, http (default: both)
     ``topologies``          from client-server, relayed (default: both)
+    ``sinks``               from discard, file: what the receiver does with the
+                            stream, see above (default: both, ["discard", "file"])
     ``sizes``               payload sizes, bytes or units like "512MiB"
                             (default: 64MiB, 512MiB, 2GiB)
     ``repetitions``         repetitions of every measurement (default: 3)
@@ -76,14 +92,15 @@ is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
     ``timeout``             seconds each request may take (default: 600)
     ``baselines``           run the raw TCP baseline (default: true)
     ``ready_timeout``       seconds the cells may take to link (default: 60)
-    ``tmp``                 folder for the received files (default: ``/dev/shm``
-                            when it is a writable folder, else the system's
-                            temporary folder). A memory-backed folder keeps the
+    ``tmp``                 folder for the received files of the ``file`` sink
+                            (default: ``/dev/shm`` when it is a writable
+                            folder, else the system's temporary folder).
+                            A memory-backed folder keeps the
                             disk out of the figures: ``Stream.save`` fsyncs the
                             file, and on a disk that flush dominates the time.
                             Give a disk folder to measure transport and disk.
 
-    ``--quick`` defaults to sizes ["64MiB"], 1 repetition (about 20 s).
+    ``--quick`` defaults to sizes ["64MiB"], 1 repetition, both sinks (about 10-20 s).
 """
 
 from __future__ import annotations
@@ -129,7 +146,10 @@ EXPECTED_ROUTES = {
     "relayed": ["site-1", "server", "site-2"],
 }
 ROLES = ("sender", "relay", "receiver")
-CHANNEL, TOPIC = "bench", "large"
+SINKS = ("discard", "file")
+CHANNEL = "bench"
+#: sink -> the topic of the stream handler that receives into it
+TOPICS = {"file": "large", "discard": "large-discard"}
 
 
 def _size(value: Any, key: str) -> int:
@@ -162,6 +182,7 @@ def _names(value: Any, ctx: str, known: tuple[str, ...]) -> list[str]:
 class LargeConfig:
     drivers: list[str] = field(default_factory=lambda: list(DRIVERS))
     topologies: list[str] = field(default_factory=lambda: list(TOPOLOGIES))
+    sinks: list[str] = field(default_factory=lambda: list(SINKS))
     sizes: list[int] = field(default_factory=lambda: [64 * MIB, 512 * MIB, 2 * GIB])
     repetitions: int = 3
     repetitions_by_size: dict[int, int] = field(default_factory=lambda: {2 * GIB: 1})
@@ -175,7 +196,7 @@ class LargeConfig:
     ready_timeout: float = 60.0
     tmp: str | None = None
 
-    QUICK = {"sizes": ["64MiB"], "repetitions": 1}
+    QUICK = {"sinks": list(SINKS), "sizes": ["64MiB"], "repetitions": 1}
 
     def apply(self, table: dict[str, Any], where: str) -> None:
         names = {f.name for f in dataclasses.fields(self)}
@@ -189,6 +210,8 @@ class LargeConfig:
                 value = _names(value, ctx, DRIVERS)
             elif key == "topologies":
                 value = _names(value, ctx, TOPOLOGIES)
+            elif key == "sinks":
+                value = list(dict.fromkeys(_names(value, ctx, SINKS)))
             elif key == "sizes":
                 if not isinstance(value, list) or not value:
                     raise BenchError(f"{ctx}: expected a non-empty list")
@@ -295,10 +318,19 @@ def emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _register_sink(cell: Any, files: Path) -> None:
-    """The stream handler every worker cell has: the payload into a file, answer its size."""
+def _register_sinks(cell: Any, files: Path) -> None:
+    """The stream handlers every worker cell has, one per sink: ``file`` saves the
+    payload into a file and answers its size; ``discard`` only counts the bytes."""
 
-    @cell.on(CHANNEL, TOPIC, stream=True)
+    @cell.on(CHANNEL, TOPICS["discard"], stream=True)
+    async def discard(msg: Any) -> bytes:
+        # Like raw_stream's sink: read every chunk, keep nothing but the count.
+        n = 0
+        async for chunk in msg.stream:
+            n += len(chunk)
+        return json.dumps({"bytes": n, "chunked": bool(msg.stream.chunked)}).encode()
+
+    @cell.on(CHANNEL, TOPICS["file"], stream=True)
     async def sink(msg: Any) -> bytes:
         path = files / f"{cell.name}-{uuid.uuid4().hex}.bin"
         t0 = time.perf_counter()
@@ -345,7 +377,7 @@ async def run_worker(config: Path, files: Path, sender: bool, seed: int, block: 
     from cellnet.config import load_config
 
     cell = Cell.from_config(load_config(config))
-    _register_sink(cell, files)
+    _register_sinks(cell, files)
     await cell.start()
     try:
         if not sender:
@@ -369,8 +401,8 @@ async def run_worker(config: Path, files: Path, sender: bool, seed: int, block: 
             receiver, _relay = PATHS[task["topology"]]
             try:
                 t0 = time.perf_counter()
-                reply = await cell.request(receiver, CHANNEL, TOPIC, _blocks(pool, size), size=size,
-                                           timeout=float(task["timeout"]))
+                reply = await cell.request(receiver, CHANNEL, TOPICS[task["sink"]], _blocks(pool, size),
+                                           size=size, timeout=float(task["timeout"]))
                 elapsed = time.perf_counter() - t0
                 result: dict[str, Any] = {"elapsed_s": elapsed, "mb_per_s": size / elapsed / 1e6,
                                           **json.loads(bytes(reply.payload))}
@@ -428,34 +460,9 @@ def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance
         for size in cfg.sizes:
             for rep in range(cfg.reps(size)):
                 for topo in cfg.topologies:
-                    advance(f"{driver} {topo} {fmt_size(size)} rep {rep + 1}")
-                    procs.check_alive()
-                    receiver, relay = PATHS[topo]
-                    roles = {"sender": "site-1", "receiver": receiver, **({"relay": relay} if relay else {})}
-                    baseline = {name: proc_kib(pid, "VmRSS") for name, pid in pids.items()}
-                    reset = all([reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
-                    task = {"topology": topo, "size": size, "timeout": cfg.timeout}
-                    sender.stdin.write((json.dumps(task) + "\n").encode())
-                    sender.stdin.flush()
-                    res = reader.json(cfg.timeout + 60, f"{driver} {topo} {fmt_size(size)}")
-                    peak = {name: proc_kib(pid, "VmHWM") for name, pid in pids.items()}
-                    file_bytes = None
-                    if "file" in res:
-                        path = Path(res["file"])
-                        with contextlib.suppress(OSError):
-                            file_bytes = path.stat().st_size
-                        path.unlink(missing_ok=True)
-                    rss = {}
-                    for role, name in roles.items():
-                        b, p = baseline.get(name), peak.get(name)
-                        rss[role] = {"cell": name, "baseline_kib": b, "peak_kib": p,
-                                     "growth_kib": p - b if p is not None and b is not None else None}
-                    measurements.append({
-                        "driver": driver, "topology": topo, "size": size, "repetition": rep,
-                        "route": group["routes"].get(topo), "rss": rss, "rss_reset": reset,
-                        "file_bytes": file_bytes,
-                        "bytes_ok": res.get("bytes") == size and file_bytes == size, **res,
-                    })
+                    for sink in cfg.sinks:
+                        measurements.append(_measure(driver, topo, sink, size, rep, cfg, procs, pids,
+                                                     sender, reader, group, advance))
         procs.quit_worker(sender)
     except Exception as exc:  # reported; the other drivers still run
         procs.record_failure(group, exc)
@@ -464,6 +471,41 @@ def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance
         if notes:
             group["stop_notes"] = notes
     return group
+
+
+def _measure(driver: str, topo: str, sink: str, size: int, rep: int, cfg: LargeConfig, procs: Procs,
+             pids: dict[str, int], sender: subprocess.Popen[bytes], reader: Any, group: dict[str, Any],
+             advance: Callable[[str], None]) -> dict[str, Any]:
+    """One transfer of ``size`` bytes over ``topo`` into ``sink``: its record."""
+    assert sender.stdin is not None
+    advance(f"{driver} {topo} {sink} {fmt_size(size)} rep {rep + 1}")
+    procs.check_alive()
+    receiver, relay = PATHS[topo]
+    roles = {"sender": "site-1", "receiver": receiver, **({"relay": relay} if relay else {})}
+    baseline = {name: proc_kib(pid, "VmRSS") for name, pid in pids.items()}
+    reset = all([reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
+    task = {"topology": topo, "sink": sink, "size": size, "timeout": cfg.timeout}
+    sender.stdin.write((json.dumps(task) + "\n").encode())
+    sender.stdin.flush()
+    res = reader.json(cfg.timeout + 60, f"{driver} {topo} {sink} {fmt_size(size)}")
+    peak = {name: proc_kib(pid, "VmHWM") for name, pid in pids.items()}
+    file_bytes = None
+    if "file" in res:
+        path = Path(res["file"])
+        with contextlib.suppress(OSError):
+            file_bytes = path.stat().st_size
+        path.unlink(missing_ok=True)
+    rss = {}
+    for role, name in roles.items():
+        b, p = baseline.get(name), peak.get(name)
+        rss[role] = {"cell": name, "baseline_kib": b, "peak_kib": p,
+                     "growth_kib": p - b if p is not None and b is not None else None}
+    return {
+        "driver": driver, "topology": topo, "sink": sink, "size": size, "repetition": rep,
+        "route": group["routes"].get(topo), "rss": rss, "rss_reset": reset,
+        "file_bytes": file_bytes,
+        "bytes_ok": res.get("bytes") == size and (sink != "file" or file_bytes == size), **res,
+    }
 
 
 def raw_counts(size: int) -> int:
@@ -510,20 +552,20 @@ def spread(values: list[float | None]) -> dict[str, float] | None:
 
 
 def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and min-max over the repetitions of every (driver, topology, size), and raw per size."""
+    """Median and min-max over the repetitions of every (driver, topology, sink, size), and raw per size."""
     raw: dict[int, list[float]] = {}
     for b in baselines:
         if "error" not in b:
             raw.setdefault(b["size"], []).append(b["mb_per_s"])
     raw_summary = {size: spread(v) for size, v in raw.items()}
-    cells: dict[tuple[str, str, int], list[dict[str, Any]]] = {}
+    cells: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
     for m in measurements:
-        cells.setdefault((m["driver"], m["topology"], m["size"]), []).append(m)
+        cells.setdefault((m["driver"], m["topology"], m["sink"], m["size"]), []).append(m)
     rows = []
-    for (driver, topo, size), reps in cells.items():
+    for (driver, topo, sink, size), reps in cells.items():
         good = [r for r in reps if "error" not in r]
         entry: dict[str, Any] = {
-            "driver": driver, "topology": topo, "size": size, "repetitions": len(good),
+            "driver": driver, "topology": topo, "sink": sink, "size": size, "repetitions": len(good),
             "errors": [r["error"] for r in reps if "error" in r],
             "bytes_ok": bool(good) and all(r["bytes_ok"] for r in good),
             "route": good[0]["route"] if good else None,
@@ -571,9 +613,12 @@ def markdown(doc: dict[str, Any]) -> str:
         "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items())) + ".",
         "",
         f"One request per measurement; the payload is an async iterable of {fmt_size(cfg['block'])} blocks "
-        f"(seed {cfg['seed']}) that the receiver saves into a file in {doc['files']['folder']} "
-        f"({doc['files']['filesystem']}; Stream.save, fsync included). "
-        f"[limits]: {limits}. MB/s = payload bytes / time from request to reply (10^6 bytes). "
+        f"(seed {cfg['seed']}). Sink: \"discard\" = the receiver reads the stream and only counts the bytes "
+        "(like the raw baseline's sink: the like-for-like comparison with raw TCP); \"file\" = it saves "
+        f"the stream into a file in {doc['files']['folder']} ({doc['files']['filesystem']}; Stream.save, "
+        "fsync included, so transport plus file write). "
+        f"[limits]: {limits}. MB/s = payload bytes / time from request to reply (10^6 bytes); x raw = MB/s "
+        "over the raw TCP baseline of the same size. "
         "Median over the repetitions, min-max in parentheses. RSS in MiB: peak (VmHWM, reset just before "
         "the transfer) and growth over the RSS just before it.",
         "",
@@ -583,9 +628,9 @@ def markdown(doc: dict[str, Any]) -> str:
     for g in doc["groups"]:
         if "error" in g:
             lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
-    lines += ["| driver | path | size | reps | MB/s | x raw | sender peak / growth | relay peak / growth "
+    lines += ["| driver | path | sink | size | reps | MB/s | x raw | sender peak / growth | relay peak / growth "
               "| receiver peak / growth | save s |",
-              "|---|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary["rows"]:
         path = TOPOLOGY_LABELS.get(r["topology"], r["topology"])
         if r["errors"] or not r["bytes_ok"] or not r["route_ok"]:
@@ -596,7 +641,7 @@ def markdown(doc: dict[str, Any]) -> str:
             cells.append(f"{_mib(s['peak_kib'])} / {_mib(s['growth_kib'], True)}" if s else "-")
         save = r["save_s"]
         ratio = f"{r['vs_raw']:.2f}" if "vs_raw" in r else "-"
-        lines.append(f"| {r['driver']} | {path} | {fmt_size(r['size'])} | {r['repetitions']} | "
+        lines.append(f"| {r['driver']} | {path} | {r['sink']} | {fmt_size(r['size'])} | {r['repetitions']} | "
                      f"{_mb(r['mb_per_s'])} | {ratio} | " + " | ".join(cells)
                      + (f" | {save['median']:.2f} |" if save else " | - |"))
     if summary["raw"]:
@@ -611,7 +656,7 @@ def markdown(doc: dict[str, Any]) -> str:
     for r in problems:
         why = r["errors"][0] if r["errors"] else ("byte count differs" if not r["bytes_ok"]
                                                    else f"unexpected route {r['route']}")
-        lines.append(f"(!) {r['driver']} {r['topology']} {fmt_size(r['size'])}: {why[:200]}")
+        lines.append(f"(!) {r['driver']} {r['topology']} {r['sink']} {fmt_size(r['size'])}: {why[:200]}")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -632,7 +677,7 @@ def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, sh
 
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
-    per_driver = 1 + sum(cfg.reps(s) for s in cfg.sizes) * len(cfg.topologies)
+    per_driver = 1 + sum(cfg.reps(s) for s in cfg.sizes) * len(cfg.topologies) * len(cfg.sinks)
     raw_runs = max(cfg.reps(s) for s in cfg.sizes) if cfg.baselines else 0
     total = raw_runs + per_driver * len(cfg.drivers)
 
@@ -728,10 +773,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.large",
                                      description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--config", type=Path, help="TOML file with a [large] (and [large.quick]) table")
-    parser.add_argument("--quick", action="store_true", help="64 MiB only, one repetition (about 20 s)")
+    parser.add_argument("--quick", action="store_true", help="64 MiB only, one repetition (about 10-20 s)")
     parser.add_argument("--out", type=Path, default=Path("bench-results"), help="folder for large.json, large.md")
     parser.add_argument("--drivers", type=_csv, help="comma-separated, from tcp, http")
     parser.add_argument("--topologies", type=_csv, help="comma-separated, from client-server, relayed")
+    parser.add_argument("--sinks", type=_csv, help="comma-separated, from discard, file")
     parser.add_argument("--sizes", type=_csv, help='comma-separated sizes, e.g. "64MiB,512MiB"')
     parser.add_argument("--repetitions", type=int, help="repetitions of every size (overrides the config)")
     parser.add_argument("--tmp", help="folder for the received files")
@@ -740,7 +786,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(args_list)
     try:
         cfg = load_large_config(args.config, args.quick)
-        overrides: dict[str, Any] = {k: v for k in ("drivers", "topologies", "sizes", "tmp")
+        overrides: dict[str, Any] = {k: v for k in ("drivers", "topologies", "sinks", "sizes", "tmp")
                                      if (v := getattr(args, k)) is not None}
         if args.repetitions is not None:
             overrides.update(repetitions=args.repetitions, repetitions_by_size={})

@@ -97,8 +97,11 @@ def test_flare_json_is_well_formed(doc: dict[str, Any]) -> None:
     for m in group["large"]:
         assert "error" not in m, m
         assert m["bytes"] == 16 << 20 and m["route"] == ROUTES["relayed"] and m["mb_per_s"] > 0
-    (ours,) = flare["ours_large"]
-    assert ours["size"] == 16 << 20 and ours["bytes_ok"] and "error" not in flare["ours_group"]
+    ours = flare["ours_large"]
+    assert sorted(m["sink"] for m in ours) == ["discard", "file"]  # counted like FLARE's, and into a file
+    for m in ours:
+        assert m["size"] == 16 << 20 and m["bytes_ok"] and m["topology"] == "relayed", m
+    assert "error" not in flare["ours_group"]
 
 
 @needs_nvflare
@@ -116,9 +119,14 @@ def test_comparison_rows_agree(doc: dict[str, Any]) -> None:
                 assert math.isclose(r[f"ratio_{mode}"][key], r["cellnet"][key] / r[f"flare_{mode}"][key])
             assert r[f"route_ok_{mode}"]
     (large,) = [r for r in rows if r["kind"] == "large"]
-    assert large["cellnet"]["mb_per_s"] > 0 and large["cellnet"]["relay_peak_kib"] > 0
+    ours = {m["sink"]: m for m in doc["flare"]["ours_large"]}
+    assert large["cellnet"]["mb_per_s"] == ours["discard"]["mb_per_s"]  # one repetition: the median is it
+    assert large["cellnet_file"]["mb_per_s"] == ours["file"]["mb_per_s"]
+    assert large["cellnet"]["relay_peak_kib"] > 0 and large["cellnet_file"]["relay_peak_kib"] > 0
     for mode in ("frame", "stream"):
-        assert large[f"flare_{mode}"]["relay_peak_kib"] > 0 and large[f"ratio_{mode}"]["mb_per_s"] > 0
+        assert large[f"flare_{mode}"]["relay_peak_kib"] > 0
+        assert math.isclose(large[f"ratio_{mode}"]["mb_per_s"],
+                            large["cellnet"]["mb_per_s"] / large[f"flare_{mode}"]["mb_per_s"])
 
 
 @needs_nvflare
