@@ -256,8 +256,8 @@ class Cell(Serving, Relay, LinkLifecycle):
         await self._transfers.aclose()
         for listener in self._listeners:
             await listener.aclose()
-        for link in list(self._links.values()):
-            await link.aclose()
+        # Together: each may wait a moment for its last bytes to leave.
+        await asyncio.gather(*(link.aclose() for link in list(self._links.values())))
         for pending in self._pending.values():
             if not pending.future.done():
                 pending.future.set_exception(CellClosed(f"cell {self.name} closed"))

@@ -691,7 +691,11 @@ class Transfers:
         for inb in list(self._in.values()):
             inb.stream._fail(TransferFailed(f"cell {self._cell.name} closed"))
         self._in.clear()
-        for out in self._out.values():
+        outs = [out for out in self._out.values() if not out.complete]
+        for out in outs:
             out.error = TransferFailed(f"cell {self._cell.name} closed")
             out.wake.set()
+        # Tell the receivers now (the links close next), rather than leave
+        # them waiting timeouts.transfer_resume for a sender that is gone.
+        await asyncio.gather(*(self._abort(out, f"the sending cell {self._cell.name} closed") for out in outs))
 

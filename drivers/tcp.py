@@ -50,6 +50,10 @@ _SMALL = 64 * 1024
 # reading pauses: TCP flow control then slows the sender.
 _MAX_QUEUED = 256
 _MAX_QUEUED_BYTES = 8 * 1024 * 1024
+# Closing lets queued bytes drain first: at most this long in all, and not
+# past this long without progress.
+_FLUSH_MAX = 2.0
+_FLUSH_STALL = 0.2
 
 
 def parse_tcp_url(url: str) -> tuple[str, int]:
@@ -107,6 +111,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         self.receiver: Receiver | None = None
         #: the receiver held delivery: frames queue until resume()
         self.held = False
+        #: closed by us: incoming bytes are read and dropped
+        self.discard = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Not an isinstance check: other event loops (uvloop) have their own
@@ -122,6 +128,8 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if self.error is not None:
             return
         frames, error = self._decoder.buffer_updated(nbytes)
+        if self.discard:
+            return  # closed by us: read on until the peer closes, keep nothing
         receiver = self.receiver
         if frames and receiver is not None and not self.held and not self.frames:
             # The fast path: hand each frame over here, no task wake-up.
@@ -306,10 +314,37 @@ class TcpLink(Link):
         transport = self._transport
         if transport.is_closing():
             return
-        transport.close()
-        # Give queued bytes a moment to leave; then cut.
+        protocol = self._protocol
+        # Queued bytes (a goodbye, a transfer's abort) leave first, while we
+        # go on reading and dropping what arrives: closing a socket with
+        # unread input resets the connection and throws away what it holds.
+        # A peer that takes nothing for _FLUSH_STALL s is cut.
+        protocol.discard = True
+        protocol.frames.clear()
+        if protocol._read_paused:
+            protocol._read_paused = False
+            transport.resume_reading()
+        loop = asyncio.get_running_loop()
+        start = progress_at = loop.time()
+        left = transport.get_write_buffer_size()
+        while left and not protocol.lost:
+            now = loop.time()
+            if now - progress_at > _FLUSH_STALL or now - start > _FLUSH_MAX:
+                transport.abort()
+                return
+            await asyncio.sleep(0.01)
+            size = transport.get_write_buffer_size()
+            if size < left:
+                progress_at = loop.time()
+            left = size
+        if transport.can_write_eof():
+            # Our FIN goes after the queue; the peer closes in turn. Reading
+            # goes on meanwhile, so the close does not become a reset.
+            transport.write_eof()
+        else:
+            transport.close()  # TLS: close_notify after the queue
         for _ in range(20):
-            if self._protocol.lost:
+            if protocol.lost:
                 return
             await asyncio.sleep(0.01)
         transport.abort()

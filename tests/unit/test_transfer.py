@@ -472,33 +472,47 @@ async def test_closing_right_after_a_streamed_reply_still_acknowledges_it(bus: B
     assert site2._transfers.active == (0, 0)
 
 
-async def test_a_failing_source_fails_the_receiver_at_once(bus: Bus) -> None:
-    _, site1, site2 = await three(bus)
+def failures_of(cell: Cell, topic: str, started: asyncio.Event | None = None) -> list[BaseException]:
+    """A stream handler on ``cell`` that reads what comes; the TransferFailed
+    errors its reads raise are appended to the list returned."""
     failed: list[BaseException] = []
 
-    @site2.on("sink", stream=True)
+    @cell.on(topic, stream=True)
     async def sink(msg: Message) -> None:
         assert msg.stream is not None
         try:
-            await msg.stream.read()
+            async for _ in msg.stream:
+                if started is not None:
+                    started.set()
         except TransferFailed as exc:
             failed.append(exc)
+
+    return failed
+
+
+async def told_soon(failed: list[BaseException], t0: float) -> None:
+    """Wait for the first failure; it must come well before transfer_resume."""
+    loop = asyncio.get_running_loop()
+    while not failed and loop.time() - t0 < FAST.transfer_resume:
+        await asyncio.sleep(0.02)
+    assert failed, "the receiver was not told"
+    assert loop.time() - t0 < FAST.transfer_resume / 2  # told, not timed out
+
+
+async def test_a_failing_source_fails_the_receiver_at_once(bus: Bus) -> None:
+    _, site1, site2 = await three(bus)
+    failed = failures_of(site2, "sink")
 
     async def broken() -> AsyncIterator[bytes]:
         for _ in range(3):
             yield b"a" * CHUNK
         raise OSError("disk went away")
 
-    loop = asyncio.get_running_loop()
-    t0 = loop.time()
+    t0 = asyncio.get_running_loop().time()
     with pytest.raises(OSError, match="disk went away"):
         await site1.send("site-2", "sink", "x", broken())
-    for _ in range(50):
-        if failed:
-            break
-        await asyncio.sleep(0.02)
-    assert failed and "disk went away" in str(failed[0])
-    assert loop.time() - t0 < FAST.transfer_resume / 2  # told, not timed out
+    await told_soon(failed, t0)
+    assert "disk went away" in str(failed[0])
 
 
 async def test_a_streamed_payload_to_an_absent_cell_fails_at_once(bus: Bus, tmp_path: Path) -> None:
@@ -513,3 +527,23 @@ async def test_a_streamed_payload_to_an_absent_cell_fails_at_once(bus: Bus, tmp_
     with pytest.raises(Unreachable):
         await site1.send("site-9", "files", "put", blob(3 * CHUNK))
     assert loop.time() - t0 < 2
+
+
+async def test_closing_the_sending_cell_fails_the_receiver_at_once(bus: Bus) -> None:
+    _, site1, site2 = await three(bus)
+    got_some = asyncio.Event()
+    failed = failures_of(site2, "sink", got_some)
+
+    async def endless() -> AsyncIterator[bytes]:
+        while True:
+            yield b"a" * CHUNK
+            await asyncio.sleep(0.01)
+
+    upload = asyncio.ensure_future(site1.send("site-2", "sink", "x", endless()))
+    await asyncio.wait_for(got_some.wait(), 2)
+    t0 = asyncio.get_running_loop().time()
+    await site1.aclose()  # e.g. Ctrl-C in the sending process
+    await told_soon(failed, t0)
+    assert "the sending cell site-1 closed" in str(failed[0])
+    with pytest.raises(TransferFailed):
+        await upload
