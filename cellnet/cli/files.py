@@ -67,6 +67,11 @@ def send_file_command(
         raise fail(f"{path}: not readable", 2)
     try:
         result, note = asyncio.run(_send(cfg, target, path, name=name, timeout=timeout))
+    except KeyboardInterrupt:
+        # The transfer was cancelled: the receiver was told and drops what it got.
+        err_console.print(f"interrupted: {escape(path.name)} was not sent; {escape(target)} discards the part it got",
+                          highlight=False)
+        raise typer.Exit(130) from None
     except FileNotFoundError as exc:  # removed after the checks above
         raise fail(str(exc), 2) from None
     except CellnetError as exc:
@@ -93,7 +98,7 @@ async def _send(
     bar = Progress(
         TextColumn("{task.description}"),
         BarColumn(),
-        DownloadColumn(),
+        DownloadColumn(binary_units=True),  # MiB/GiB, as the summary prints sizes
         TransferSpeedColumn(),
         TimeRemainingColumn(),
         console=err_console,

@@ -7,9 +7,12 @@ site-1's config, so every file and ping crosses the server.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import os
+import signal
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +21,7 @@ import pytest
 
 from cellnet.files import UnsafeName, safe_name
 from tests.helpers import Proc, cellnet_cmd, free_port, run_cellnet, wait_output, wait_port, write_config
+from tests.proxy import FaultProxy
 
 
 @dataclass
@@ -26,6 +30,7 @@ class Bus:
     inbox: Path
     site1: Path  # the config the commands run with
     receiver: Proc
+    port: int  # the server's
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +43,7 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
         write_config(
             tmp / f"{site}.toml",
             f'[cell]\nname = "{site}"\nparent = "{url}"\n'
-            "[timeouts]\nbackoff_initial = 0.05\nbackoff_max = 0.5\n",
+            "[timeouts]\nbackoff_initial = 0.05\nbackoff_max = 0.5\ntransfer_resume = 3\n",
         )
     inbox = tmp / "inbox"
     server = Proc(cellnet_cmd("run", "-c", str(tmp / "server.toml")), tmp / "server.log")
@@ -48,7 +53,7 @@ def bus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bus]:
         receiver = Proc(cellnet_cmd("receive", str(inbox), "-c", str(tmp / "site-2.toml")), tmp / "site-2.log")
         procs.append(receiver)
         wait_output(receiver, "site-2: linked to server")
-        yield Bus(tmp, inbox, tmp / "site-1.toml", receiver)
+        yield Bus(tmp, inbox, tmp / "site-1.toml", receiver, port)
     finally:
         for proc in procs:
             proc.stop()
@@ -76,6 +81,43 @@ def test_a_large_file_arrives_byte_identical(bus: Bus) -> None:
     assert stored.stat().st_size == src.stat().st_size and sha256(stored) == digest
     assert leftovers(bus.inbox) == []
     wait_output(bus.receiver, f"received model.bin (41943040 bytes, sha256 {digest}) from site-1")
+
+
+async def test_ctrl_c_stops_the_transfer_and_the_receiver_keeps_nothing(bus: Bus) -> None:
+    # Through a proxy throttled to 4 MB/s, 24 MiB take about 6 s: SIGINT lands mid-transfer.
+    proxy = FaultProxy(bus.port, rate=4e6)
+    await proxy.open()
+    slow = bus.tmp / "site-9.toml"
+    write_config(slow, f'[cell]\nname = "site-9"\nparent = "tcp://127.0.0.1:{proxy.port}"\n')
+    src = bus.tmp / "interrupted.bin"
+    src.write_bytes(os.urandom(24 * 1024 * 1024))
+    proc = await asyncio.create_subprocess_exec(
+        *cellnet_cmd("send-file", str(src), "site-2", "-c", str(slow)),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not leftovers(bus.inbox):  # the receiver has begun its hidden partial file
+            assert time.monotonic() < deadline and proc.returncode is None, "the transfer did not start"
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proxy.shut()
+    assert proc.returncode == 130, err.decode()
+    assert "interrupted: interrupted.bin was not sent; site-2 discards the part it got" in err.decode()
+    assert b"sha256" not in out
+    # The receiver removes the partial file: at once when the sender's abort
+    # reaches it, else once the sender has been silent for transfer_resume (3 s).
+    deadline = time.monotonic() + 8
+    while leftovers(bus.inbox) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    assert leftovers(bus.inbox) == []
+    assert not (bus.inbox / "interrupted.bin").exists()
 
 
 def test_a_name_leaving_the_folder_is_refused(bus: Bus) -> None:
