@@ -296,15 +296,20 @@ def _reset_peak(pid: int) -> bool:
         return False
 
 
-def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None]) -> dict[str, Any]:
+def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
+              ours: Callable[[str, int, int, int], dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """Run FLARE's side of the comparison with the harness's ``BenchConfig``; return its record.
 
     The record has ``echo`` and ``large`` lists of measurements (one per
     repetition) and, on failure, ``error`` and the processes' ``logs``.
+    ``ours(topology, size, concurrency, repetition)``, if given, measures
+    the same echo on our cells right after FLARE's (its records go to
+    ``ours_echo``): taking turns, both sides see the same machine, which on
+    a shared one drifts by a quarter over minutes.
     """
     from .harness import EXPECTED_ROUTES, MIB, LineReader
 
-    group: dict[str, Any] = {"version": version(), "echo": [], "large": []}
+    group: dict[str, Any] = {"version": version(), "echo": [], "large": [], "ours_echo": []}
     procs = Procs(folder)
     py = sys.executable
     url = f"tcp://127.0.0.1:{free_port()}"
@@ -362,6 +367,11 @@ def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None]) -> dict[st
                             group["echo"].append({"topology": topo, "size": size, "concurrency": conc,
                                                   "effective_concurrency": eff, "repetition": rep, "mode": mode,
                                                   "route_ok": res.get("route") == EXPECTED_ROUTES[topo], **res})
+                        if ours is not None:
+                            advance(f"cellnet {topo} {size} B x{conc} rep {rep + 1} (beside FLARE)")
+                            mine = ours(topo, size, conc, rep)  # None: our side failed (recorded there)
+                            if mine is not None:
+                                group["ours_echo"].append(mine)
             for size in cfg.compare_large:
                 for mode in MODES if cfg.compare_frame else ("stream",):
                     for topo in ("relayed",):

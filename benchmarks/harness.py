@@ -63,11 +63,14 @@ NVIDIA FLARE's CellNet (``compare``)
     processes over its TCP driver, echoes of ``compare_sizes`` in every
     topology and concurrency level (its single-frame and its streamed
     request), and one-way relayed transfers of ``compare_large`` with the
-    relay's peak RSS; the tcp driver is measured at ``compare_sizes`` too,
-    and our side of the large transfers is :mod:`cellnet.benchmarks.large`'s
-    tcp relayed measurement, with both sinks: ``discard`` (the receiver
-    counts the bytes, as FLARE's does: the ratios use it) and ``file``. ``results.json`` gets a ``flare`` object (both
-    sides and ``rows``: ours/FLARE ratios) and ``results.md`` a table.
+    relay's peak RSS. Our side: a second set of tcp cells measures every
+    echo right after FLARE's of the same path, size and concurrency (in
+    turns, so both see the same state of a shared machine), and our side
+    of the large transfers is :mod:`cellnet.benchmarks.large`'s tcp
+    relayed measurement, with both sinks: ``discard`` (the receiver counts
+    the bytes, as FLARE's does: the ratios use it) and ``file``.
+    ``results.json`` gets a ``flare`` object (both sides and ``rows``:
+    ours/FLARE ratios) and ``results.md`` a table.
     Without ``nvflare`` the run says the comparison is skipped and how to
     enable it.
 
@@ -404,66 +407,86 @@ def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | 
     return out
 
 
+class CellSession:
+    """Our cells for one driver, up and linked: ``server`` and ``site-2`` as
+    ``cellnet run`` processes, ``site-1`` and ``site-3`` in one measuring
+    process (:mod:`cellnet.benchmarks._worker`). :meth:`measure` runs one
+    measurement; :meth:`quit` lets the worker end (the caller's ``Procs``
+    stops the rest)."""
+
+    def __init__(self, driver: str, cfg: BenchConfig, folder: Path, procs: Procs,
+                 redis: tuple[str, Any] | None, advance: Callable[[str], None]) -> None:
+        self.driver, self.cfg, self.procs = driver, cfg, procs
+        py = sys.executable
+        redis_url, redis_proc = (redis[0], redis[1]) if redis else (None, None)
+        for name, text in cell_configs(driver, cfg, redis_url).items():
+            (folder / f"{name}.toml").write_text(text)
+        self.pids: dict[str, int] = {}
+        for name in ("server", "site-2"):
+            self.pids[name] = procs.start(f"{driver}-{name}",
+                                          [py, "-m", "cellnet", "run", "-c", str(folder / f"{name}.toml"), "-q"]).pid
+        if redis_proc is not None:
+            self.pids["redis"] = redis_proc.pid
+        advance(f"{driver}: linking cells")
+        wlog = open(folder / f"{driver}-client.log", "wb")
+        self.worker = subprocess.Popen(
+            [py, "-m", "cellnet.benchmarks._worker", "cells", str(folder / "site-1.toml"),
+             str(folder / "site-3.toml"), "--seed", str(cfg.seed), "--ready-budget", str(cfg.ready_timeout)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=wlog, start_new_session=True,
+        )
+        wlog.close()
+        procs.procs.append((f"{driver}-client", self.worker, folder / f"{driver}-client.log"))
+        self.pids["client"] = self.worker.pid
+        self.reader = LineReader(self.worker.stdout)
+        self.ready = self.reader.json(cfg.ready_timeout + 30, f"{driver}: linking")["ready"]
+
+    def measure(self, topo: str, size: int, conc: int, rep: int) -> dict[str, Any]:
+        """One echo measurement (``conc`` requests outstanding, capped by
+        ``max_inflight``): its record, with the peak RSS of every process."""
+        cfg, procs, worker = self.cfg, self.procs, self.worker
+        assert worker.stdin is not None
+        eff = min(conc, max(1, cfg.max_inflight // size))
+        procs.check_alive()
+        reset = all([_reset_peak(pid) for pid in self.pids.values()])  # noqa: C419 (reset every one)
+        task = {"topology": topo, "size": size, "concurrency": eff,
+                "duration": cfg.duration, "min_count": max(cfg.min_count, eff),
+                "max_count": cfg.max_count, "timeout": cfg.timeout,
+                "warmup": cfg.warmup if size <= MIB else 0}
+        worker.stdin.write((json.dumps(task) + "\n").encode())
+        worker.stdin.flush()
+        res = self.reader.json(cfg.timeout * 2 + 60, f"{self.driver} {topo} {size}")
+        rss = {name: _peak(pid) for name, pid in self.pids.items() if name != "client"}
+        rss["client"] = res.pop("client_peak_rss_kib", None)
+        return {
+            "driver": self.driver, "topology": topo, "size": size, "concurrency": conc,
+            "effective_concurrency": eff, "repetition": rep,
+            "route_ok": res.get("route") == EXPECTED_ROUTES[topo],
+            "peak_rss_kib": rss, "peak_rss_reset": reset, **res,
+        }
+
+    def quit(self) -> None:
+        self.procs.quit_worker(self.worker)
+
+
 def run_driver(driver: str, cfg: BenchConfig, folder: Path, advance: Callable[[str], None],
                baselines: list[dict[str, Any]], measurements: list[dict[str, Any]]) -> dict[str, Any]:
     """Measure one driver; results are appended to the two lists; returns the group's record."""
     group: dict[str, Any] = {"driver": driver}
     procs = Procs(folder)
-    py = sys.executable
     redis_cm = private_redis() if driver == "redis" else contextlib.nullcontext(None)
     try:
         with redis_cm as redis:
-            redis_url, redis_proc = (redis[0], redis[1]) if redis else (None, None)
             if cfg.baselines:
-                baselines += run_baselines(driver, cfg, procs, redis_url, advance)
-            configs = cell_configs(driver, cfg, redis_url)
-            for name, text in configs.items():
-                (folder / f"{name}.toml").write_text(text)
-            pids: dict[str, int] = {}
-            for name in ("server", "site-2"):
-                pids[name] = procs.start(f"{driver}-{name}",
-                                         [py, "-m", "cellnet", "run", "-c", str(folder / f"{name}.toml"), "-q"]).pid
-            if redis_proc is not None:
-                pids["redis"] = redis_proc.pid
-            advance(f"{driver}: linking cells")
-            wlog = open(folder / f"{driver}-client.log", "wb")
-            worker = subprocess.Popen(
-                [py, "-m", "cellnet.benchmarks._worker", "cells", str(folder / "site-1.toml"),
-                 str(folder / "site-3.toml"), "--seed", str(cfg.seed), "--ready-budget", str(cfg.ready_timeout)],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=wlog, start_new_session=True,
-            )
-            wlog.close()
-            procs.procs.append((f"{driver}-client", worker, folder / f"{driver}-client.log"))
-            pids["client"] = worker.pid
-            group["pids"] = dict(pids)
-            reader = LineReader(worker.stdout)
-            ready = reader.json(cfg.ready_timeout + 30, f"{driver}: linking")["ready"]
-            group.update(ready_s=ready["ready_s"], routes=ready["routes"])
-            assert worker.stdin is not None
+                baselines += run_baselines(driver, cfg, procs, redis[0] if redis else None, advance)
+            session = CellSession(driver, cfg, folder, procs, redis, advance)
+            group.update(pids=dict(session.pids), ready_s=session.ready["ready_s"], routes=session.ready["routes"])
             for rep in range(cfg.repetitions):
                 for topo in cfg.topologies:
                     for size in cfg.sizes:
                         for conc in cfg.concurrency:
-                            eff = min(conc, max(1, cfg.max_inflight // size))
                             advance(f"{driver} {topo} {_fmt_size(size)} x{conc} rep {rep + 1}")
-                            procs.check_alive()
-                            reset = all([_reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
-                            task = {"topology": topo, "size": size, "concurrency": eff,
-                                    "duration": cfg.duration, "min_count": max(cfg.min_count, eff),
-                                    "max_count": cfg.max_count, "timeout": cfg.timeout,
-                                    "warmup": cfg.warmup if size <= MIB else 0}
-                            worker.stdin.write((json.dumps(task) + "\n").encode())
-                            worker.stdin.flush()
-                            res = reader.json(cfg.timeout * 2 + 60, f"{driver} {topo} {size}")
-                            rss = {name: _peak(pid) for name, pid in pids.items() if name != "client"}
-                            rss["client"] = res.pop("client_peak_rss_kib", None)
-                            measurements.append({
-                                "driver": driver, "topology": topo, "size": size, "concurrency": conc,
-                                "effective_concurrency": eff, "repetition": rep,
-                                "route_ok": res.get("route") == EXPECTED_ROUTES[topo],
-                                "peak_rss_kib": rss, "peak_rss_reset": reset, **res,
-                            })
-            procs.quit_worker(worker)
+                            measurements.append(session.measure(topo, size, conc, rep))
+            session.quit()
     except Exception as exc:  # reported; the other drivers still run
         procs.record_failure(group, exc)
     finally:
@@ -545,7 +568,33 @@ def run_compare(cfg: BenchConfig, folder: Path, advance: Callable[[str], None]) 
 
     sub = folder / "flare"
     sub.mkdir()
-    out: dict[str, Any] = {"flare": run_flare(cfg, sub, advance), "ours_large": []}
+    # Our tcp cells take turns with FLARE's, echo by echo (see run_flare).
+    ours_cfg = dataclasses.replace(cfg, drivers=["tcp"], sizes=list(cfg.compare_sizes))
+    (folder / "beside").mkdir()
+    procs = Procs(folder / "beside")
+    ours_group: dict[str, Any] = {"driver": "tcp"}
+    session: CellSession | None = None
+    try:
+        session = CellSession("tcp", ours_cfg, folder / "beside", procs, None, advance)
+    except Exception as exc:  # FLARE is still measured; ours then come from the matrix
+        procs.record_failure(ours_group, exc)
+
+    def beside(topo: str, size: int, conc: int, rep: int) -> dict[str, Any] | None:
+        if session is None or "error" in ours_group:
+            return None
+        try:
+            return session.measure(topo, size, conc, rep)
+        except Exception as exc:
+            procs.record_failure(ours_group, exc)
+            return None
+
+    try:
+        flare = run_flare(cfg, sub, advance, ours=beside if session is not None else None)
+        if session is not None and "error" not in ours_group:
+            session.quit()
+    finally:
+        procs.stop_all()
+    out: dict[str, Any] = {"flare": flare, "ours_large": [], "beside_group": ours_group}
     if cfg.compare_large:
         large_cfg = LargeConfig(drivers=["tcp"], topologies=["relayed"], sizes=list(cfg.compare_large),
                                 repetitions=cfg.repetitions, repetitions_by_size={}, seed=cfg.seed,
@@ -586,8 +635,8 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
     total = sum(len(cfg.topologies) * len(tcp_sizes if d == "tcp" else cfg.sizes) * len(cfg.concurrency)
                 * cfg.repetitions + 1 + (len(RAW_MODULES[d]) if cfg.baselines else 0) for d in cfg.drivers)
     if compare:
-        total += 1 + cfg.repetitions * (
-            len(cfg.topologies) * len(cfg.compare_sizes) * len(cfg.concurrency) * 2
+        total += 2 + cfg.repetitions * (  # linking FLARE's cells and ours; FLARE's 2 modes and ours
+            len(cfg.topologies) * len(cfg.compare_sizes) * len(cfg.concurrency) * 3
             + len(cfg.compare_large) * (2 if cfg.compare_frame else 1))
         total += (1 + len(cfg.compare_large) * cfg.repetitions * len(LARGE_SINKS)) if cfg.compare_large else 0
     flare: dict[str, Any] | None = None

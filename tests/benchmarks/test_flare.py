@@ -109,10 +109,13 @@ def test_comparison_rows_agree(doc: dict[str, Any]) -> None:
     rows = doc["flare"]["rows"]
     echo = [r for r in rows if r["kind"] == "echo"]
     assert len(echo) == len(TOPOLOGIES) * 2 * 2
-    summary = {(s["driver"], s["topology"], s["size"], s["concurrency"]): s for s in doc["summary"]}
+    # Ours measured in turns with FLARE's: one record per FLARE path, size and concurrency (1 repetition).
+    beside = {(m["topology"], m["size"], m["concurrency"]): m for m in doc["flare"]["flare"]["ours_echo"]}
+    assert len(beside) == len(echo) == len(doc["flare"]["flare"]["ours_echo"])
     for r in echo:
-        ours = summary[("tcp", r["topology"], r["size"], r["concurrency"])]  # tcp measured at the same sizes
-        assert r["cellnet"]["rtt_median_us"] == ours["rtt_median_us"]["median"]
+        ours = beside[(r["topology"], r["size"], r["concurrency"])]
+        assert r["cellnet_in_turns"] and ours["driver"] == "tcp" and ours["route_ok"]
+        assert r["cellnet"]["rtt_median_us"] == ours["rtt_median_us"]
         for mode in ("frame", "stream"):
             for key in ("rtt_median_us", "msgs_per_s", "mb_per_s"):
                 assert r[f"flare_{mode}"][key] > 0
