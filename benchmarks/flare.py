@@ -307,7 +307,8 @@ def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
     ``ours_echo``): taking turns, both sides see the same machine, which on
     a shared one drifts by a quarter over minutes.
     """
-    from .harness import EXPECTED_ROUTES, MIB, LineReader
+    from .bench_config import EXPECTED_ROUTES, MIB
+    from .sessions import LineReader
 
     group: dict[str, Any] = {"version": version(), "echo": [], "large": [], "ours_echo": []}
     procs = Procs(folder)

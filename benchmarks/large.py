@@ -16,7 +16,7 @@ Why it exists
 
 What it runs
     For each driver (``tcp`` and ``http``, the WebSocket driver) it writes
-    the cell configs :func:`cellnet.benchmarks.harness.cell_configs` writes
+    the cell configs :func:`cellnet.benchmarks.bench_config.cell_configs` writes
     for ``cellnet bench`` (free loopback ports) and starts three OS
     processes of this module's ``worker`` mode: ``server`` (listens),
     ``site-2`` (dials the server) and the sender ``site-1`` (dials the
@@ -418,7 +418,7 @@ async def run_worker(config: Path, files: Path, sender: bool, seed: int, block: 
 
 def _cell_configs(driver: str, cfg: LargeConfig) -> dict[str, str]:
     """The configs ``cellnet bench`` uses, with the message limit and ``[limits]`` of this run."""
-    from .harness import BenchConfig, cell_configs
+    from .bench_config import BenchConfig, cell_configs
 
     bench = BenchConfig(drivers=[driver], max_message=max(cfg.sizes) + 64 * KIB, timeout=cfg.timeout)
     configs = cell_configs(driver, bench, None)
@@ -429,7 +429,7 @@ def _cell_configs(driver: str, cfg: LargeConfig) -> dict[str, str]:
 def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance: Callable[[str], None],
                measurements: list[dict[str, Any]]) -> dict[str, Any]:
     """Measure one driver; measurements are appended to the list; returns the group's record."""
-    from .harness import LineReader
+    from .sessions import LineReader
 
     group: dict[str, Any] = {"driver": driver}
     procs = Procs(folder)
