@@ -67,6 +67,16 @@ def vm_hwm_kib(pid: int | str = "self") -> int | None:
     return None
 
 
+def reset_peak(pid: int) -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False if not allowed."""
+    try:
+        with open(f"/proc/{pid}/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def emit(obj: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()

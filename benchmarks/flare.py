@@ -70,7 +70,7 @@ from pathlib import Path
 from typing import Any
 
 from ._stats import percentile
-from ._worker import emit, payload_for, vm_hwm_kib
+from ._worker import emit, payload_for, reset_peak, vm_hwm_kib
 from .drivers import Procs, free_port, tail
 
 #: the application channel of the echo and sink handlers (streamed by FLARE)
@@ -287,15 +287,6 @@ def run_measure(url: str, seed: int, budget: float) -> int:
 # -- in the harness -------------------------------------------------------------------
 
 
-def _reset_peak(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
 def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
               ours: Callable[[str, int, int, int], dict[str, Any] | None] | None = None) -> dict[str, Any]:
     """Run FLARE's side of the comparison with the harness's ``BenchConfig``; return its record.
@@ -345,7 +336,7 @@ def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
 
         def task(t: dict[str, Any], what: str) -> dict[str, Any]:
             procs.check_alive()
-            reset = all([_reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
+            reset = all([reset_peak(pid) for pid in pids.values()])  # noqa: C419 (reset every one)
             worker.stdin.write((json.dumps(t) + "\n").encode())
             worker.stdin.flush()
             res = reader.json(cfg.timeout * 2 + 60, what)

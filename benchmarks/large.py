@@ -129,6 +129,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from ._worker import reset_peak
 from .drivers import BenchError, Procs, machine_info, tail
 from .report import fmt_size
 
@@ -298,16 +299,6 @@ def proc_kib(pid: int | str, key: str) -> int | None:
     except (OSError, ValueError, IndexError):
         return None
     return None
-
-
-def reset_peak(pid: int) -> bool:
-    """Reset ``VmHWM`` to the current RSS (Linux ``clear_refs`` 5); False if not allowed."""
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
 
 
 # -- worker processes --------------------------------------------------------------

@@ -17,24 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from ._redis import private_redis
+from ._worker import reset_peak, vm_hwm_kib
 from .bench_config import EXPECTED_ROUTES, MIB, RAW_CONCURRENT, RAW_MODULES, BenchConfig, cell_configs
 from .drivers import BenchError, Procs, tail
 from .report import fmt_size
-
-def _reset_peak(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak(pid: int) -> int | None:
-    from ._worker import vm_hwm_kib
-
-    return vm_hwm_kib(pid)
-
 
 class LineReader:
     """Lines of a child's stdout, read by a thread, taken with a timeout."""
@@ -139,7 +125,7 @@ class CellSession:
         assert worker.stdin is not None
         eff = min(conc, max(1, cfg.max_inflight // size))
         procs.check_alive()
-        reset = all([_reset_peak(pid) for pid in self.pids.values()])  # noqa: C419 (reset every one)
+        reset = all([reset_peak(pid) for pid in self.pids.values()])  # noqa: C419 (reset every one)
         task = {"topology": topo, "size": size, "concurrency": eff,
                 "duration": cfg.duration, "min_count": max(cfg.min_count, eff),
                 "max_count": cfg.max_count, "timeout": cfg.timeout,
@@ -147,7 +133,7 @@ class CellSession:
         worker.stdin.write((json.dumps(task) + "\n").encode())
         worker.stdin.flush()
         res = self.reader.json(cfg.timeout * 2 + 60, f"{self.driver} {topo} {size}")
-        rss = {name: _peak(pid) for name, pid in self.pids.items() if name != "client"}
+        rss = {name: vm_hwm_kib(pid) for name, pid in self.pids.items() if name != "client"}
         rss["client"] = res.pop("client_peak_rss_kib", None)
         return {
             "driver": self.driver, "topology": topo, "size": size, "concurrency": conc,
