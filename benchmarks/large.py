@@ -106,24 +106,19 @@ is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import math
 import os
-import random
 import shutil
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 import tomllib
-import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -301,109 +296,6 @@ def proc_kib(pid: int | str, key: str) -> int | None:
     return None
 
 
-# -- worker processes --------------------------------------------------------------
-
-
-def emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()
-
-
-def _register_sinks(cell: Any, files: Path) -> None:
-    """The stream handlers every worker cell has, one per sink: ``file`` saves the
-    payload into a file and answers its size; ``discard`` only counts the bytes."""
-
-    @cell.on(CHANNEL, TOPICS["discard"], stream=True)
-    async def discard(msg: Any) -> bytes:
-        # Like raw_stream's sink: read every chunk, keep nothing but the count.
-        n = 0
-        async for chunk in msg.stream:
-            n += len(chunk)
-        return json.dumps({"bytes": n, "chunked": bool(msg.stream.chunked)}).encode()
-
-    @cell.on(CHANNEL, TOPICS["file"], stream=True)
-    async def sink(msg: Any) -> bytes:
-        path = files / f"{cell.name}-{uuid.uuid4().hex}.bin"
-        t0 = time.perf_counter()
-        await msg.stream.save(path)
-        save_s = time.perf_counter() - t0
-        # Not deleted here: the benchmark checks the file's size first, and
-        # deleting a large file would add to the measured time.
-        return json.dumps({"bytes": path.stat().st_size, "file": str(path), "save_s": save_s,
-                           "chunked": bool(msg.stream.chunked)}).encode()
-
-
-async def _blocks(pool: list[bytes], size: int) -> AsyncIterator[bytes]:
-    full, rest = divmod(size, len(pool[0]))
-    for i in range(full):
-        yield pool[i % len(pool)]
-    if rest:
-        yield pool[full % len(pool)][:rest]
-
-
-async def _wait_ready(cell: Any, budget: float) -> dict[str, list[str]]:
-    """Wait until both receivers answer echoes; return the routes they record."""
-    from cellnet.cell import ECHO_TOPIC, SYSTEM_CHANNEL
-    from cellnet.errors import CellnetError
-
-    deadline = time.monotonic() + budget
-    last = ""
-    while time.monotonic() < deadline:
-        try:
-            routes = {}
-            for topo, (receiver, _relay) in PATHS.items():
-                reply = await cell.request(receiver, SYSTEM_CHANNEL, ECHO_TOPIC, b"ready?", timeout=2.0)
-                routes[topo] = [str(x) for x in reply.meta.get("route", [])]
-            return routes
-        except CellnetError as exc:
-            last = f"{type(exc).__name__}: {exc}"
-        await asyncio.sleep(0.05)
-    raise SystemExit(f"cells not ready within {budget:g} s: {last}")
-
-
-async def run_worker(config: Path, files: Path, sender: bool, seed: int, block: int, blocks: int,
-                     ready_budget: float) -> None:
-    """One cell of the benchmark. The sender takes tasks on stdin; the others run until SIGTERM."""
-    from cellnet import Cell
-    from cellnet.config import load_config
-
-    cell = Cell.from_config(load_config(config))
-    _register_sinks(cell, files)
-    await cell.start()
-    try:
-        if not sender:
-            stop = asyncio.Event()
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, stop.set)
-            emit({"ready": True, "pid": os.getpid()})
-            await stop.wait()
-            return
-        # Generated before any measurement: part of the baseline, not of the peak.
-        pool = [random.Random(f"{seed}:{i}").randbytes(block) for i in range(blocks)]
-        emit({"ready": {"routes": await _wait_ready(cell, ready_budget)}})
-        loop = asyncio.get_running_loop()
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line or line.strip() == "quit":
-                break
-            task = json.loads(line)
-            size = int(task["size"])
-            receiver, _relay = PATHS[task["topology"]]
-            try:
-                t0 = time.perf_counter()
-                reply = await cell.request(receiver, CHANNEL, TOPICS[task["sink"]], _blocks(pool, size),
-                                           size=size, timeout=float(task["timeout"]))
-                elapsed = time.perf_counter() - t0
-                result: dict[str, Any] = {"elapsed_s": elapsed, "mb_per_s": size / elapsed / 1e6,
-                                          **json.loads(bytes(reply.payload))}
-            except Exception as exc:  # reported; the benchmark goes on
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            emit(result)
-    finally:
-        await cell.aclose()
-
-
 # -- one driver -------------------------------------------------------------------------
 
 
@@ -532,125 +424,6 @@ def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]
     return out
 
 
-# -- summaries --------------------------------------------------------------------------
-
-
-def spread(values: list[float | None]) -> dict[str, float] | None:
-    good = [v for v in values if v is not None]
-    if not good:
-        return None
-    return {"median": statistics.median(good), "min": min(good), "max": max(good)}
-
-
-def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]]) -> dict[str, Any]:
-    """Median and min-max over the repetitions of every (driver, topology, sink, size), and raw per size."""
-    raw: dict[int, list[float]] = {}
-    for b in baselines:
-        if "error" not in b:
-            raw.setdefault(b["size"], []).append(b["mb_per_s"])
-    raw_summary = {size: spread(v) for size, v in raw.items()}
-    cells: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
-    for m in measurements:
-        cells.setdefault((m["driver"], m["topology"], m["sink"], m["size"]), []).append(m)
-    rows = []
-    for (driver, topo, sink, size), reps in cells.items():
-        good = [r for r in reps if "error" not in r]
-        entry: dict[str, Any] = {
-            "driver": driver, "topology": topo, "sink": sink, "size": size, "repetitions": len(good),
-            "errors": [r["error"] for r in reps if "error" in r],
-            "bytes_ok": bool(good) and all(r["bytes_ok"] for r in good),
-            "route": good[0]["route"] if good else None,
-            "route_ok": bool(good) and all(r["route"] == EXPECTED_ROUTES[topo] for r in good),
-            "mb_per_s": spread([r["mb_per_s"] for r in good]),
-            "elapsed_s": spread([r["elapsed_s"] for r in good]),
-            "save_s": spread([r.get("save_s") for r in good]),
-            "rss_kib": {},
-        }
-        for role in ROLES:
-            if any(role in r["rss"] for r in good):
-                entry["rss_kib"][role] = {k: spread([r["rss"][role][k] for r in good if role in r["rss"]])
-                                          for k in ("baseline_kib", "peak_kib", "growth_kib")}
-        base = raw_summary.get(size)
-        if base and entry["mb_per_s"]:
-            entry["vs_raw"] = entry["mb_per_s"]["median"] / base["median"]
-        rows.append(entry)
-    return {"rows": rows, "raw": {str(k): v for k, v in raw_summary.items()}}
-
-
-def _mb(s: dict[str, float] | None) -> str:
-    if not s:
-        return "-"
-    lo, mid, hi = (f"{s[k]:.0f}" for k in ("min", "median", "max"))
-    return mid if lo == hi else f"{mid} ({lo}-{hi})"
-
-
-def _mib(s: dict[str, float] | None, sign: bool = False) -> str:
-    if not s:
-        return "-"
-    fmt = "{:+.0f}" if sign else "{:.0f}"
-    lo, mid, hi = (fmt.format(s[k] / 1024) for k in ("min", "median", "max"))
-    return mid if lo == hi else f"{mid} ({lo}..{hi})"
-
-
-def markdown(doc: dict[str, Any]) -> str:
-    cfg, machine, summary = doc["config"], doc["machine"], doc["summary"]
-    limits = ", ".join(f"{k} {fmt_size(cfg[k])}" for k in ("chunk", "window") if cfg.get(k)) or "cell defaults"
-    lines = [
-        "# cellnet large-message benchmark",
-        "",
-        f"Started {doc['started']}, took {doc['seconds']:.0f} s{' (--quick)' if doc['quick'] else ''}. "
-        f"Python {machine.get('python')} on {machine.get('platform')}, {machine.get('cpu_count')} CPUs"
-        f"{' (' + machine['cpu_model'] + ')' if machine.get('cpu_model') else ''}.",
-        "Packages: " + ", ".join(f"{k} {v}" for k, v in sorted(machine.get("packages", {}).items())) + ".",
-        "",
-        f"One request per measurement; the payload is an async iterable of {fmt_size(cfg['block'])} blocks "
-        f"(seed {cfg['seed']}). Sink: \"discard\" = the receiver reads the stream and only counts the bytes "
-        "(like the raw baseline's sink: the like-for-like comparison with raw TCP); \"file\" = it saves "
-        f"the stream into a file in {doc['files']['folder']} ({doc['files']['filesystem']}; Stream.save, "
-        "fsync included, so transport plus file write). "
-        f"[limits]: {limits}. MB/s = payload bytes / time from request to reply (10^6 bytes); x raw = MB/s "
-        "over the raw TCP baseline of the same size. "
-        "Median over the repetitions, min-max in parentheses. RSS in MiB: peak (VmHWM, reset just before "
-        "the transfer) and growth over the RSS just before it.",
-        "",
-    ]
-    if doc.get("interrupted"):
-        lines += ["**The run was interrupted: the tables are incomplete.**", ""]
-    for g in doc["groups"]:
-        if "error" in g:
-            lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
-    lines += ["| driver | path | sink | size | reps | MB/s | x raw | sender peak / growth | relay peak / growth "
-              "| receiver peak / growth | save s |",
-              "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in summary["rows"]:
-        path = TOPOLOGY_LABELS.get(r["topology"], r["topology"])
-        if r["errors"] or not r["bytes_ok"] or not r["route_ok"]:
-            path += " (!)"
-        cells = []
-        for role in ROLES:
-            s = r["rss_kib"].get(role)
-            cells.append(f"{_mib(s['peak_kib'])} / {_mib(s['growth_kib'], True)}" if s else "-")
-        save = r["save_s"]
-        ratio = f"{r['vs_raw']:.2f}" if "vs_raw" in r else "-"
-        lines.append(f"| {r['driver']} | {path} | {r['sink']} | {fmt_size(r['size'])} | {r['repetitions']} | "
-                     f"{_mb(r['mb_per_s'])} | {ratio} | " + " | ".join(cells)
-                     + (f" | {save['median']:.2f} |" if save else " | - |"))
-    if summary["raw"]:
-        lines += ["", "Raw TCP baseline (raw_stream: one asyncio connection, 1 MiB messages, counting sink):", "",
-                  "| size | reps | MB/s |", "|---|---|---|"]
-        for size, s in summary["raw"].items():
-            n = sum(1 for b in doc["baselines"] if str(b["size"]) == size and "error" not in b)
-            lines.append(f"| {fmt_size(int(size))} | {n} | {_mb(s)} |")
-    problems = [r for r in summary["rows"] if r["errors"] or not r["bytes_ok"] or not r["route_ok"]]
-    if problems:
-        lines.append("")
-    for r in problems:
-        why = r["errors"][0] if r["errors"] else ("byte count differs" if not r["bytes_ok"]
-                                                   else f"unexpected route {r['route']}")
-        lines.append(f"(!) {r['driver']} {r['topology']} {r['sink']} {fmt_size(r['size'])}: {why[:200]}")
-    return "\n".join(lines).rstrip() + "\n"
-
-
 # -- the run ------------------------------------------------------------------------------
 
 
@@ -739,6 +512,8 @@ def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, sh
         "baselines": baselines,
         "measurements": measurements,
     }
+    from .large_report import markdown, summarize
+
     doc["summary"] = summarize(measurements, baselines)
     text = markdown(doc)
     (out / "large.json").write_text(json.dumps(doc, indent=2))
@@ -760,6 +535,8 @@ def _csv(value: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args_list = sys.argv[1:] if argv is None else argv
     if args_list[:1] == ["worker"]:
+        from .large_worker import worker_main
+
         return worker_main(args_list[1:])
     parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.large",
                                      description=(__doc__ or "").splitlines()[0])
@@ -785,24 +562,6 @@ def main(argv: list[str] | None = None) -> int:
     except BenchError as exc:
         parser.error(str(exc))
     return run(cfg, args.out, quick=args.quick, keep=args.keep, show_progress=not args.no_progress)
-
-
-def worker_main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.large worker",
-                                     description="one cell of the large-message benchmark")
-    parser.add_argument("config", type=Path)
-    parser.add_argument("--files", type=Path, required=True)
-    parser.add_argument("--sender", action="store_true")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--block", type=int, default=MIB)
-    parser.add_argument("--blocks", type=int, default=8)
-    parser.add_argument("--ready-budget", type=float, default=60.0)
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_worker(args.config, args.files, args.sender, args.seed, args.block, args.blocks,
-                           args.ready_budget))
-    return 0
 
 
 if __name__ == "__main__":

@@ -31,6 +31,17 @@ def fmt_size(n: int) -> str:
     return f"{n} B"
 
 
+def problem_lines(doc: dict[str, Any]) -> list[str]:
+    """Markdown lines saying the run was interrupted and which driver groups failed."""
+    lines: list[str] = []
+    if doc.get("interrupted"):
+        lines += ["**The run was interrupted: the tables are incomplete.**", ""]
+    for g in doc["groups"]:
+        if "error" in g:
+            lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
+    return lines
+
+
 def _num(x: float) -> str:
     if x >= 100:
         return f"{x:.0f}"
@@ -81,11 +92,7 @@ def markdown(doc: dict[str, Any]) -> str:
         doc.get("nvflare", ""),
         "",
     ]
-    if doc.get("interrupted"):
-        lines += ["**The run was interrupted: the tables are incomplete.**", ""]
-    for g in doc["groups"]:
-        if "error" in g:
-            lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
+    lines += problem_lines(doc)
 
     if doc["baselines"]:
         lines += ["## Raw baselines", "",
