@@ -52,6 +52,9 @@ defaults::
     window = "16MiB"       # credit per chunked transfer: bytes a sender may have
                            # in flight, and what a receiver buffers at most;
                            # must be >= chunk
+    max_transfers = 32     # chunked transfers received at once; one more is
+                           # refused (TransferFailed), so a receiver buffers at
+                           # most max_transfers x window
     send_queue = 64        # frames buffered per link before senders wait
 
     [timeouts]
@@ -353,6 +356,8 @@ class Limits:
     chunk: int = _key(1 * MiB, parse=_size)
     #: credit per chunked transfer (bytes in flight, and buffered at the receiver)
     window: int = _key(16 * MiB, parse=_size)
+    #: chunked transfers this cell receives at once (each holds at most a window)
+    max_transfers: int = _key(32, parse=_count)
 
     @property
     def max_frame(self) -> int:

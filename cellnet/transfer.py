@@ -549,6 +549,14 @@ class Transfers:
                                              " the payload has to be sent again"}},
             )
             return
+        if len(self._in) >= cell.limits.max_transfers:
+            # Each holds up to a window: the cap bounds what all of them buffer.
+            self._reply_credit(
+                src, xid, {"x": int(Status.TRANSFER_FAILED),
+                           "m": {"error": f"{cell.name} is receiving {len(self._in)} transfers, its limit"
+                                             " (limits.max_transfers); try again later"}},
+            )
+            return
         budget = env.get("b")
         if budget is not None and not isinstance(budget, (int, float)):
             raise FrameError(f"transfer {xid} from {src}: bad budget {budget!r}")

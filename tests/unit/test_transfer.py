@@ -547,3 +547,33 @@ async def test_closing_the_sending_cell_fails_the_receiver_at_once(bus: Bus) -> 
     assert "the sending cell site-1 closed" in str(failed[0])
     with pytest.raises(TransferFailed):
         await upload
+
+
+async def test_a_cell_receives_at_most_max_transfers_at_once(bus: Bus) -> None:
+    _, site1, site2 = await three(bus, limits=Limits(chunk=CHUNK, window=WINDOW, max_transfers=2))
+    release = asyncio.Event()
+    started = 0
+
+    @site2.on("slow", stream=True)
+    async def slow(msg: Message) -> bytes:
+        nonlocal started
+        assert msg.stream is not None
+        started += 1
+        await release.wait()  # holds its transfer open without reading
+        return str(len(await msg.stream.read())).encode()
+
+    payload = blob(4 * WINDOW)
+    first = [asyncio.ensure_future(site1.request("site-2", "slow", "x", payload, timeout=10)) for _ in range(2)]
+    for _ in range(100):
+        if started == 2:
+            break
+        await asyncio.sleep(0.01)
+    assert started == 2
+    with pytest.raises(TransferFailed, match=r"site-2 is receiving 2 transfers, its limit \(limits.max_transfers\)"):
+        await site1.request("site-2", "slow", "x", payload, timeout=5)
+    assert started == 2  # the refused one never reached the handler
+    release.set()
+    for task in first:
+        assert (await task).payload == str(len(payload)).encode()
+    # Room again once they are done.
+    assert (await site1.request("site-2", "slow", "x", payload, timeout=5)).payload == str(len(payload)).encode()
