@@ -178,8 +178,12 @@ class Serving:
         if hop is None:
             log.debug("%s: reply to %s dropped: no route", self.name, reply.dst)
             return
+        link = self._links[hop]
+        frame = reply.to_frame()
+        if link.send_frame_nowait(frame):
+            return
         try:
-            await self._links[hop].send(reply)
+            await link.send_frame(frame)
         except TransportError as exc:
             log.debug("%s: reply to %s lost: %s", self.name, reply.dst, exc)
 
