@@ -31,8 +31,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+try:
+    import fcntl
+except ImportError:  # not on Windows: one receiver per folder is then up to the user
+    fcntl = None  # type: ignore[assignment]
+
 from .cell import Cell, Reply
-from .errors import ChecksumMismatch, RemoteError
+from .errors import CellnetError, ChecksumMismatch, RemoteError
 from .stream import Progress
 
 if TYPE_CHECKING:
@@ -47,6 +52,15 @@ PUT_TOPIC = "put"
 MIN_RATE = 1_000_000  # bytes per second
 
 _MAX_NAME = 255  # bytes, the usual file-name limit of a file system
+
+
+class FolderInUse(CellnetError):
+    """Another receiver (another process) already serves the folder."""
+
+
+class FileChanged(CellnetError):
+    """The local file changed while it was being sent: what the receiver
+    stored may not be the file as it is now."""
 
 
 class FileRefused(RemoteError):
@@ -138,7 +152,7 @@ def serve_files(
     overwrite: bool = False,
     channel: str = FILES_CHANNEL,
     topic: str = PUT_TOPIC,
-) -> None:
+) -> ServedFolder:
     """Save the files other cells put to ``cell`` into ``folder``.
 
     Registers a streaming handler; each file is written as it arrives and
@@ -148,10 +162,17 @@ def serve_files(
     request with :class:`~cellnet.errors.RemoteError`; a transfer that breaks
     for good fails it with :class:`~cellnet.errors.TransferFailed`. The reply
     meta holds ``name``, ``size``, ``sha256`` and the ``route`` taken.
+
+    One receiver serves a folder: a second one (in this or another process)
+    raises :class:`FolderInUse`, since it would take the first one's files
+    in progress for leftovers of a killed receiver and remove them.
     """
     root = Path(folder)
     if not root.is_dir():
         raise NotADirectoryError(f"{root} is not a folder")
+    # One receiver per folder: a second one would take the first one's files
+    # in progress for leftovers and remove them.
+    lock = _lock_folder(root)
     _remove_leftovers(root)
     arriving: set[str] = set()
 
@@ -172,6 +193,26 @@ def serve_files(
         return Reply(b"", _reply_meta(received, msg))
 
     cell.on(channel, topic, stream=True)(put)
+    return ServedFolder(root, cell, channel, topic, lock)
+
+
+@dataclass
+class ServedFolder:
+    """What :func:`serve_files` returns: :meth:`close` stops serving the
+    folder (the handler is removed and the folder's lock released; the lock
+    is released anyway when the process ends)."""
+
+    folder: Path
+    _cell: Cell
+    _channel: str
+    _topic: str
+    _lock: int | None
+
+    def close(self) -> None:
+        self._cell.remove_handler(self._channel, self._topic)
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
 
 def _reply_meta(received: ReceivedFile, msg: Message) -> dict[str, Any]:
@@ -215,6 +256,29 @@ async def _receive(msg: Message, root: Path, name: str, overwrite: bool) -> Rece
 
 
 _LEFTOVER = re.compile(r"\..+\.[0-9a-f]{32}(\.partial)?")
+
+
+LOCK_NAME = ".cellnet-receive.lock"
+
+
+def _lock_folder(root: Path) -> int | None:
+    """Lock ``root`` for this process (an advisory lock on a hidden file in
+    it, released when the process ends); raise :class:`FolderInUse` if
+    another process holds it. None where there is no ``fcntl``."""
+    if fcntl is None:
+        return None
+    fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise FolderInUse(
+            f"{root} is already served by another receiver (pid {holder}); one receiver per folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -268,7 +332,8 @@ async def send_file(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a file")
-    size = path.stat().st_size
+    before = path.stat()
+    size = before.st_size
     name = name if name is not None else path.name
     budget = timeout if timeout is not None else transfer_budget(size, cell.timeouts.request)
     local_hash = asyncio.create_task(asyncio.to_thread(file_sha256, path))
@@ -285,6 +350,12 @@ async def send_file(
     seconds = time.perf_counter() - t0
     mine = await local_hash
     theirs = reply.meta.get("sha256")
+    after = path.stat()
+    if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
+        raise FileChanged(
+            f"{path} changed while it was being sent; {target} stored what it received as {name}"
+            f" ({reply.meta.get('size')} bytes, sha256 {theirs})"
+        )
     if theirs != mine:
         raise ChecksumMismatch(f"{target} stored {name} with sha256 {theirs}, the local file has {mine}")
     stored = reply.meta.get("size")
@@ -313,5 +384,8 @@ __all__ = [
     "safe_name",
     "send_file",
     "serve_files",
+    "ServedFolder",
+    "FolderInUse",
+    "FileChanged",
     "transfer_budget",
 ]

@@ -25,8 +25,8 @@ from rich.progress import (
 )
 
 from ..config import Config
-from ..errors import CellnetError, ConfigError
-from ..files import MIN_RATE, SentFile, send_file, serve_files
+from ..errors import CellnetError, ConfigError, NoHandler
+from ..files import MIN_RATE, FolderInUse, SentFile, send_file, serve_files
 from ..names import validate_name
 from ..sizes import format_size
 from .common import ConfigOption, err_console, fail, join, load, setup_logging
@@ -65,19 +65,21 @@ def send_file_command(
         raise fail(f"{path}: {'not a file' if path.exists() else 'no such file'}", 2)
     if not os.access(path, os.R_OK):
         raise fail(f"{path}: not readable", 2)
+    shown = name or path.name  # the name it is stored under
     try:
         result, note = asyncio.run(_send(cfg, target, path, name=name, timeout=timeout))
     except KeyboardInterrupt:
         # The transfer was cancelled: the receiver was told and drops what it got.
-        err_console.print(f"interrupted: {escape(path.name)} was not sent; {escape(target)} discards the part it got",
+        err_console.print(f"interrupted: {escape(shown)} was not sent; {escape(target)} discards the part it got",
                           highlight=False)
         raise typer.Exit(130) from None
     except FileNotFoundError as exc:  # removed after the checks above
         raise fail(str(exc), 2) from None
-    except CellnetError as exc:
+    except (CellnetError, OSError) as exc:  # OSError: reading the file failed (it shrank, say)
         if as_json:
             typer.echo(json.dumps({"target": target, "error": type(exc).__name__, "message": str(exc)}))
-        raise fail(f"send-file {path.name} to {target} failed: {type(exc).__name__}: {exc}") from None
+        hint = f" (is `cellnet receive` running on {target}?)" if isinstance(exc, NoHandler) else ""
+        raise fail(f"send-file {shown} to {target} failed: {type(exc).__name__}: {exc}{hint}") from None
     if note:
         err_console.print(escape(note), highlight=False)
     if as_json:
@@ -148,5 +150,7 @@ def receive_command(
     )
     try:
         asyncio.run(serve(cfg, setup=lambda cell: serve_files(cell, folder, overwrite=overwrite)))
+    except FolderInUse as exc:
+        raise fail(str(exc), 2) from None
     except CellnetError as exc:
         raise fail(str(exc)) from None

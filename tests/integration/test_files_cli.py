@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from cellnet.files import UnsafeName, safe_name
+from cellnet.files import LOCK_NAME, UnsafeName, safe_name
 from tests.helpers import Proc, cellnet_cmd, free_port, run_cellnet, wait_output, wait_port, write_config
 from tests.proxy import FaultProxy
 
@@ -65,7 +65,8 @@ def sha256(path: Path) -> str:
 
 def leftovers(folder: Path) -> list[str]:
     """Files in progress the receiver failed to clean up."""
-    return sorted(p.name for p in folder.iterdir() if p.name.startswith(".") or p.name.endswith(".partial"))
+    return sorted(p.name for p in folder.iterdir()
+                  if (p.name.startswith(".") or p.name.endswith(".partial")) and p.name != LOCK_NAME)
 
 
 def test_a_large_file_arrives_byte_identical(bus: Bus) -> None:
@@ -180,3 +181,73 @@ async def test_serving_a_folder_removes_leftovers_of_a_killed_receiver(tmp_path:
     keep.write_bytes(b"mine")
     serve_files(Cell("site-2", listen=["tcp://127.0.0.1:0"]), tmp_path)
     assert not left.exists() and keep.exists()
+
+
+async def test_one_receiver_per_folder(tmp_path: Path) -> None:
+    from cellnet.cell import Cell
+    from cellnet.files import FolderInUse, serve_files
+
+    first = serve_files(Cell("site-2", listen=["tcp://127.0.0.1:0"]), tmp_path)
+    in_progress = tmp_path / (".model.bin." + "cd" * 16 + ".partial")  # the first one's, arriving
+    in_progress.write_bytes(b"half")
+    with pytest.raises(FolderInUse, match=rf"already served by another receiver \(pid {os.getpid()}\)"):
+        serve_files(Cell("site-3", listen=["tcp://127.0.0.1:0"]), tmp_path)
+    assert in_progress.exists()  # not taken for a leftover
+    first.close()
+    again = serve_files(Cell("site-3", listen=["tcp://127.0.0.1:0"]), tmp_path)
+    assert not in_progress.exists()  # now it is one: its receiver is gone
+    assert (tmp_path / LOCK_NAME).exists()
+    again.close()
+
+
+def test_a_second_receive_on_the_folder_exits_and_the_first_keeps_serving(bus: Bus) -> None:
+    other = bus.tmp / "site-3.toml"
+    write_config(other, f'[cell]\nname = "site-3"\nparent = "tcp://127.0.0.1:{bus.port}"\n')
+    out = run_cellnet("receive", str(bus.inbox), "-c", str(other), timeout=30)
+    assert out.returncode == 2, out.stderr
+    assert f"is already served by another receiver (pid {bus.receiver.popen.pid})" in out.stderr
+    src = bus.tmp / "after.bin"
+    src.write_bytes(os.urandom(3 * 1024 * 1024))
+    sent = run_cellnet("send-file", str(src), "site-2", "-c", str(bus.site1))
+    assert sent.returncode == 0, sent.stderr
+    assert sha256(bus.inbox / "after.bin") == sha256(src)
+
+
+def test_send_file_to_a_cell_that_does_not_receive_says_so(bus: Bus) -> None:
+    src = bus.tmp / "nowhere.bin"
+    src.write_bytes(b"x" * 100)
+    out = run_cellnet("send-file", str(src), "server", "-c", str(bus.site1), "--name", "else.bin")
+    assert out.returncode == 1
+    assert "send-file else.bin to server failed: NoHandler" in out.stderr
+    assert "(is `cellnet receive` running on server?)" in out.stderr
+
+
+async def test_a_file_changed_while_it_is_sent_is_reported(tmp_path: Path) -> None:
+    from cellnet.cell import Cell
+    from cellnet.files import FileChanged, send_file, serve_files
+
+    server = Cell("server", listen=["tcp://127.0.0.1:0"])
+    await server.start()
+    url = server.listen_addresses[0]
+    site1, site2 = Cell("site-1", parent=url), Cell("site-2", parent=url)
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    served = serve_files(site2, inbox)
+    try:
+        for cell in (site1, site2):
+            await cell.start(wait_parent=5)
+        src = tmp_path / "log.bin"
+        src.write_bytes(os.urandom(4 * 1024 * 1024))
+
+        def grow(done: int, total: int | None) -> None:
+            if done and src.stat().st_size == total:
+                with open(src, "ab") as f:  # the file grows behind the sender's back
+                    f.write(b"more")
+
+        with pytest.raises(FileChanged, match=r"log.bin changed while it was being sent; site-2 stored"):
+            await send_file(site1, "site-2", src, progress=grow)
+        assert (inbox / "log.bin").stat().st_size == 4 * 1024 * 1024  # what it received, whole
+    finally:
+        served.close()
+        for cell in (site1, site2, server):
+            await cell.aclose()
