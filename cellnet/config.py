@@ -137,7 +137,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from .errors import CellnetError, ConfigError, DriverUnavailable, InvalidCellName
+from .errors import CellnetError, ConfigError, DriverUnavailable, InvalidCellName, UnknownScheme
 from .names import match_pattern, validate_name
 from .sizes import GiB, KiB, MiB, parse_size
 from .sizes import _show  # one spelling of values in every error
@@ -214,6 +214,8 @@ def _check_with_driver(url: str, key: str, ctx: _Ctx) -> None:
         default_registry().for_url(url).check_url(url)
     except DriverUnavailable:
         return
+    except UnknownScheme as exc:  # the URL is fine, the scheme is what is unknown
+        raise ctx.error(key, "a URL with a known scheme", url, str(exc)) from None
     except CellnetError as exc:
         text = str(exc)
         prefix = f"{url!r}: "

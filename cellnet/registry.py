@@ -97,9 +97,9 @@ class DriverRegistry:
         if target is None:
             known = self.known_schemes()
             hint = difflib.get_close_matches(scheme, known, n=1)
-            did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
             raise UnknownScheme(
-                f"no driver for scheme {scheme!r}{did_you_mean} known schemes: {', '.join(known)}"
+                f"no driver for scheme {scheme!r}{did_you_mean}; known schemes: {', '.join(known)}"
             )
         cls = _load(scheme, target)
         driver = cls()
