@@ -165,6 +165,12 @@ class LinkLifecycle:
             elif relayed.prev == name:
                 del self._relayed[key]
 
+    @property
+    def name_refused(self) -> NameInUse | None:
+        """The parent's refusal of this cell's name (another cell of that
+        name is linked to it), while the cell is not linked; else None."""
+        return self._refused if self._parent is None else None
+
     async def _parent_loop(self) -> None:
         t = self.timeouts
         backoff = t.backoff_initial
