@@ -50,9 +50,22 @@ TOPOLOGY_PATHS = {
 }
 
 
-def payload_for(seed: int, size: int) -> bytes:
-    """The seeded payload of ``size`` bytes (the same in every run with that seed)."""
-    return random.Random(f"{seed}:{size}").randbytes(size)
+#: ``Random.randbytes`` takes at most 2**31 - 1 bits at once (256 MiB - 1 byte)
+_RANDBYTES_MAX = 64 << 20
+
+
+def payload_for(seed: int, size: int) -> bytes | bytearray:
+    """The seeded payload of ``size`` bytes (the same in every run with that
+    seed). Up to 64 MiB one call; larger ones are filled in place 64 MiB at a
+    time, so the process holds the payload once."""
+    rng = random.Random(f"{seed}:{size}")
+    if size <= _RANDBYTES_MAX:
+        return rng.randbytes(size)
+    out = bytearray(size)
+    for start in range(0, size, _RANDBYTES_MAX):
+        end = min(size, start + _RANDBYTES_MAX)
+        out[start:end] = rng.randbytes(end - start)
+    return out
 
 
 def vm_hwm_kib(pid: int | str = "self") -> int | None:
