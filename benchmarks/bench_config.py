@@ -4,12 +4,13 @@ the cell configs a run writes for one driver."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from .drivers import DRIVERS, BenchError, free_port
 
@@ -93,10 +94,10 @@ class BenchConfig:
                 value = [_positive_int(v, ctx) for v in _list(value, ctx)]
             elif key in ("baselines", "compare", "compare_frame"):
                 if not isinstance(value, bool):
-                    raise BenchError(f"{ctx}: expected true or false")
+                    raise BenchError(f"{ctx}: expected true or false, got {value!r}")
             elif key in ("duration", "timeout", "ready_timeout"):
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                    raise BenchError(f"{ctx}: expected a positive number of seconds")
+                    raise BenchError(f"{ctx}: expected a positive number of seconds, got {value!r}")
                 value = float(value)
             else:
                 value = _positive_int(value, ctx, zero=key in ("warmup", "seed"))
@@ -115,13 +116,13 @@ class BenchConfig:
 
 def _list(value: Any, ctx: str) -> list[Any]:
     if not isinstance(value, list):
-        raise BenchError(f"{ctx}: expected a list")
+        raise BenchError(f"{ctx}: expected a list, got {value!r}")
     return value
 
 
 def _positive_int(value: Any, ctx: str, zero: bool = False) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < (0 if zero else 1):
-        raise BenchError(f"{ctx}: expected an integer {'>= 0' if zero else '>= 1'}")
+        raise BenchError(f"{ctx}: expected an integer {'>= 0' if zero else '>= 1'}, got {value!r}")
     return value
 
 
@@ -137,10 +138,29 @@ def load_bench_config(path: Path | None, quick: bool) -> BenchConfig:
         unknown = set(data) - {"bench", "quick", "large"}
         if unknown:
             raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench], [quick] and [large]")
-    cfg.apply(data.get("bench", {}), "bench")
-    if quick:
-        cfg.apply(data.get("quick", BenchConfig.QUICK), "quick")
-    return cfg
+    return apply_tables(cfg, path, (data.get("bench", {}), "bench"),
+                        (data.get("quick", BenchConfig.QUICK), "quick"), quick)
+
+
+class _Config(Protocol):
+    def apply(self, table: dict[str, Any], where: str) -> None: ...
+
+
+C = TypeVar("C", bound=_Config)
+
+
+def apply_tables(cfg: C, path: Path | None, table: tuple[dict[str, Any], str],
+                 quick_table: tuple[dict[str, Any], str], quick: bool) -> C:
+    """``cfg`` with ``table`` applied, then with ``quick``, ``quick_table`` over it. Each is a
+    (table, name) pair, the name the start of its errors. The quick table is checked without
+    ``quick`` too, so that a bad one is refused whichever flag is given. Errors start with ``path``."""
+    try:
+        cfg.apply(*table)
+        quick_cfg = copy.copy(cfg)  # apply() sets new values, never changes the ones it replaces
+        quick_cfg.apply(*quick_table)
+    except BenchError as exc:
+        raise BenchError(f"{path}: {exc}" if path is not None else str(exc)) from None
+    return quick_cfg if quick else cfg
 
 
 # -- the cells of one driver --------------------------------------------------------------

@@ -111,6 +111,43 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+class Interrupts:
+    """SIGINT and SIGTERM while a benchmark runs (a context manager).
+
+    The first one raises :class:`KeyboardInterrupt`, so the run unwinds and
+    stops its child processes; the ones after it are ignored until the
+    block ends, so that cleanup runs to the end even when two signals come
+    at once (Ctrl-C reaching both ``timeout`` and us, or pressed twice).
+    Every child is stopped within a few seconds (SIGKILL after a grace), so
+    ignoring them cannot hang the exit. :attr:`exit_code` is the shell's
+    code for the first signal (130 for SIGINT, 143 for SIGTERM), or None.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._old: dict[int, Any] = {}
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.signum is None else 128 + self.signum
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        if self.signum is not None:
+            return  # already stopping
+        self.signum = signum
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> Interrupts:
+        self._old = {sig: signal.signal(sig, self._on_signal) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
 class Procs:
     """Child processes, each stopped by its PID (SIGTERM, then SIGKILL)."""
 
@@ -127,6 +164,19 @@ class Procs:
         proc.stop_signal = stop_signal  # type: ignore[attr-defined]
         self.procs.append((label, proc, log))
         return proc
+
+    def wait(self, proc: subprocess.Popen[bytes], timeout: float) -> bool:
+        """Wait for one of our processes to exit by itself; stop it if it does
+        not within ``timeout`` or if the wait is interrupted. Either way it is
+        no longer ours afterwards. True if it exited by itself."""
+        try:
+            proc.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+        finally:
+            self.stop(proc)  # a no-op when it exited; Ctrl-C must not leave it running
+            self.procs = [p for p in self.procs if p[1] is not proc]
 
     def check_alive(self) -> None:
         for label, proc, log in self.procs:
@@ -175,6 +225,32 @@ class Procs:
         return notes
 
 
+def progress_bar(console: Any, show: bool, remaining: bool = True) -> Any:
+    """The benchmarks' progress bar (``rich.progress.Progress``): what runs, done/total, elapsed, remaining."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    columns = [SpinnerColumn(), TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
+               TimeElapsedColumn(), *([TimeRemainingColumn()] if remaining else [])]
+    return Progress(*columns, console=console, disable=not show)
+
+
+def print_failure(console: Any, what: str, group: dict[str, Any]) -> None:
+    """A failed group's error and the tails of its logs (:meth:`Procs.record_failure`), if it failed."""
+    if "error" not in group:
+        return
+    console.print(f"[red]{what}:[/] {group['error']}", highlight=False)
+    for label, text in group.get("logs", {}).items():
+        console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
+
+
 def tail(path: Path, lines: int = 15) -> str:
     try:
         text = path.read_text(errors="replace").strip().splitlines()
@@ -188,13 +264,8 @@ def run_json(procs: Procs, label: str, args: list[str], timeout: float,
     """Run a command that prints one JSON line; return it parsed."""
     proc = procs.start(label, args, stop_signal)
     log = procs.folder / f"{label}.log"
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        procs.stop(proc)
-        raise BenchError(f"{label} timed out after {timeout:g} s: {tail(log)}") from None
-    finally:
-        procs.procs = [p for p in procs.procs if p[1] is not proc]
+    if not procs.wait(proc, timeout):
+        raise BenchError(f"{label} timed out after {timeout:g} s: {tail(log)}")
     if proc.returncode != 0:
         raise BenchError(f"{label} failed with exit code {proc.returncode}: {tail(log)}")
     for line in reversed(log.read_text(errors="replace").splitlines()):
@@ -523,42 +594,38 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    # SIGTERM unwinds like Ctrl-C so every child is stopped.
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, on_term)
     folder = Path(tempfile.mkdtemp(prefix="cellnet-bench-"))
     results: list[dict[str, Any]] = []
     started = time.time()
-    interrupted = False
-    try:
-        for driver in drivers:
-            t0 = time.monotonic()
-            sub = folder / driver
-            sub.mkdir()
-            res: dict[str, Any] = {"driver": driver}
-            try:
-                bench_driver(driver, sub, counts, log, res)
-            except KeyboardInterrupt:
-                interrupted = True
-                log(f"[{driver}] interrupted")
-                res["error"] = "interrupted"
+    # SIGTERM unwinds like Ctrl-C so every child is stopped.
+    with Interrupts() as signals:
+        try:
+            for driver in drivers:
+                t0 = time.monotonic()
+                sub = folder / driver
+                sub.mkdir()
+                res: dict[str, Any] = {"driver": driver}
+                try:
+                    bench_driver(driver, sub, counts, log, res)
+                except KeyboardInterrupt:
+                    log(f"[{driver}] interrupted")
+                    res["error"] = "interrupted"
+                    results.append(res)
+                    break
+                res["seconds"] = time.monotonic() - t0
+                if "error" in res:
+                    log(f"[{driver}] FAILED after {res['seconds']:.1f} s: {res['error']}")
+                    for label, text in res.get("logs", {}).items():
+                        log(f"  --- {label} log tail:\n{text}")
+                else:
+                    log(f"[{driver}] done in {res['seconds']:.1f} s")
                 results.append(res)
-                break
-            res["seconds"] = time.monotonic() - t0
-            if "error" in res:
-                log(f"[{driver}] FAILED after {res['seconds']:.1f} s: {res['error']}")
-                for label, text in res.get("logs", {}).items():
-                    log(f"  --- {label} log tail:\n{text}")
+        finally:
+            if not args.keep:
+                shutil.rmtree(folder, ignore_errors=True)
             else:
-                log(f"[{driver}] done in {res['seconds']:.1f} s")
-            results.append(res)
-    finally:
-        if not args.keep:
-            shutil.rmtree(folder, ignore_errors=True)
-        else:
-            log(f"configs and logs kept in {folder}")
+                log(f"configs and logs kept in {folder}")
+    interrupted = signals.exit_code is not None
     table = markdown(results, args.quick)
     print(table, flush=True)
     if args.json_file:
@@ -572,8 +639,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json_file.write_text(json.dumps(doc, indent=2))
         log(f"wrote {args.json_file}")
-    if interrupted:
-        return 130
+    if signals.exit_code is not None:
+        return signals.exit_code
     return 1 if any("error" in r for r in results) else 0
 
 

@@ -120,7 +120,14 @@ Config file (TOML; every key optional; ``benchmarks/bench.toml`` is an example)
     Table ``[quick]``: the same keys, applied over ``[bench]`` with
     ``--quick`` (default: sizes 100B, 64KiB, 1MiB; 1 repetition; duration
     0.05; min_count 2; baseline_bytes "16MiB"; baseline_max_count 300;
-    compare_sizes 100B, 1KiB; compare_large 64MiB).
+    compare_sizes 100B, 1KiB; compare_large 64MiB). It is checked without
+    ``--quick`` too: a bad config is refused whichever flag is given.
+
+Bad input (a bad config, an ``--out`` that is a file or cannot be created)
+stops the run before it starts: one line ``error: ...`` on stderr, exit code 2.
+Ctrl-C or SIGTERM stops it: every process it started is stopped (a second
+signal meanwhile is ignored), what was measured is written with
+``"interrupted": true``, and the exit code is 130 (SIGINT) or 143 (SIGTERM).
 """
 
 from __future__ import annotations
@@ -131,7 +138,6 @@ import dataclasses
 import importlib.util
 import json
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -148,8 +154,9 @@ from .bench_config import (
     BenchConfig,
     load_bench_config,
 )
-from .drivers import BenchError, Procs, machine_info
+from .drivers import Interrupts, Procs, machine_info, print_failure, progress_bar
 from .large import SINKS as LARGE_SINKS
+from .paths import checked_config
 from .sessions import CellSession, run_driver
 
 
@@ -203,7 +210,7 @@ def summarize(measurements: list[dict[str, Any]], baselines: list[dict[str, Any]
 def nvflare_note(cfg: BenchConfig | None = None) -> str:
     if importlib.util.find_spec("nvflare") is None:
         return ('NVIDIA FLARE is not installed: the comparison with it is skipped '
-                '(pip install "cellnet[compare]" to run it)')
+                '(to run it: pip install "cellnet[compare]", or pip install -e ".[compare]" in a checkout)')
     if cfg is not None and not cfg.compare:
         return "NVIDIA FLARE is installed, but compare = false: the comparison with it is skipped"
     from .flare import version
@@ -263,22 +270,11 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         show_progress: bool = True) -> int:
     """Run the matrix, write results.json, results.md and the plots into ``out``; return an exit code."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from .report import markdown, plot
 
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
     note = nvflare_note(cfg)
-    console.print(note, highlight=False, markup=False)
+    console.print(note, highlight=False, markup=False, soft_wrap=True)  # one line: a command to copy
     compare = cfg.compare and importlib.util.find_spec("nvflare") is not None
     # the tcp driver is also measured at the comparison's sizes
     tcp_sizes = sorted(set(cfg.sizes) | set(cfg.compare_sizes)) if compare else cfg.sizes
@@ -289,20 +285,31 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
             len(cfg.topologies) * len(cfg.compare_sizes) * len(cfg.concurrency) * 3
             + len(cfg.compare_large) * (2 if cfg.compare_frame else 1))
         total += (1 + len(cfg.compare_large) * cfg.repetitions * len(LARGE_SINKS)) if cfg.compare_large else 0
+    state = _RunState()
+    # SIGTERM unwinds like Ctrl-C; a second signal cannot cut the cleanup or the writing short.
+    with Interrupts() as signals:
+        _run_matrix(cfg, state, compare, tcp_sizes, total, keep, console, show_progress)
+        return _write_results(cfg, state, out, quick, note, signals.exit_code, console)
+
+
+@dataclasses.dataclass
+class _RunState:
+    """What a run has measured so far."""
+
+    started: float = dataclasses.field(default_factory=time.time)
+    baselines: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    measurements: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    groups: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     flare: dict[str, Any] | None = None
 
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
 
-    old = signal.signal(signal.SIGTERM, on_term)
+def _run_matrix(cfg: BenchConfig, state: _RunState, compare: bool, tcp_sizes: list[int], total: int, keep: bool,
+                console: Any, show_progress: bool) -> None:
+    """Every driver's group, then the comparison, into ``state``; stops at the first interrupt."""
     folder = Path(tempfile.mkdtemp(prefix="cellnet-bench-"))
-    baselines: list[dict[str, Any]] = []
-    measurements: list[dict[str, Any]] = []
-    groups: list[dict[str, Any]] = []
-    started = time.time()
+    groups = state.groups
     interrupted = False
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), TimeRemainingColumn(), console=console, disable=not show_progress)
+    progress = progress_bar(console, show_progress)
     try:
         with progress:
             task = progress.add_task("starting", total=total)
@@ -314,44 +321,51 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
                 first[0] = False
                 progress.update(task, description=what)
 
-            for driver in cfg.drivers:
-                sub = folder / driver
-                sub.mkdir()
-                t0 = time.monotonic()
-                dcfg = dataclasses.replace(cfg, sizes=tcp_sizes) if driver == "tcp" else cfg
-                try:
-                    group = run_driver(driver, dcfg, sub, advance, baselines, measurements)
-                except KeyboardInterrupt:
-                    interrupted = True
-                    groups.append({"driver": driver, "error": "interrupted"})
-                    break
-                group["seconds"] = time.monotonic() - t0
-                groups.append(group)
-                if "error" in group:
-                    progress.console.print(f"[red]{driver} failed:[/] {group['error']}", highlight=False)
-                    for label, text in group.get("logs", {}).items():
-                        progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
-            if compare and not interrupted:
-                t0 = time.monotonic()
-                try:
-                    flare = run_compare(cfg, folder, advance)
-                except KeyboardInterrupt:
-                    interrupted = True
-                else:
+            current = "starting"
+            try:
+                for driver in cfg.drivers:
+                    current = driver
+                    sub = folder / driver
+                    sub.mkdir()
+                    t0 = time.monotonic()
+                    dcfg = dataclasses.replace(cfg, sizes=tcp_sizes) if driver == "tcp" else cfg
+                    group = run_driver(driver, dcfg, sub, advance, state.baselines, state.measurements)
+                    group["seconds"] = time.monotonic() - t0
+                    groups.append(group)
+                    current = "between drivers"
+                    print_failure(progress.console, f"{driver} failed", group)
+                if compare:
+                    current = "comparison"
+                    t0 = time.monotonic()
+                    flare = state.flare = run_compare(cfg, folder, advance)
                     flare["seconds"] = time.monotonic() - t0
                     for g in (flare["flare"], flare.get("ours_group", {})):
-                        if "error" in g:
-                            progress.console.print(f"[red]comparison failed:[/] {g['error']}", highlight=False)
-                            for label, text in g.get("logs", {}).items():
-                                progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
-            progress.update(task, completed=total, description="done")
+                        print_failure(progress.console, "comparison failed", g)
+            except KeyboardInterrupt:
+                interrupted = True
+                if current in cfg.drivers:
+                    groups.append({"driver": current, "error": "interrupted"})
+            if interrupted:
+                progress.update(task, description="interrupted: stopping")
+            else:
+                progress.update(task, completed=total, description="done")
     finally:
-        signal.signal(signal.SIGTERM, old)
         if keep:
             console.print(f"configs and logs kept in {folder}", highlight=False)
         else:
             shutil.rmtree(folder, ignore_errors=True)
-    summary = summarize(measurements, baselines)
+    if interrupted:
+        console.print("interrupted: the processes it started are stopped; the results written are incomplete",
+                      highlight=False)
+
+
+def _write_results(cfg: BenchConfig, state: _RunState, out: Path, quick: bool, note: str,
+                   interrupted_code: int | None, console: Any) -> int:
+    """results.json, results.md and the plots; the exit code."""
+    from .report import markdown, plot
+
+    flare, groups, started = state.flare, state.groups, state.started
+    summary = summarize(state.measurements, state.baselines)
     machine = machine_info()
     for pkg in ("rich", "typer", "matplotlib", "aiohttp", "grpcio", "redis", "nvflare"):
         with contextlib.suppress(Exception):
@@ -362,13 +376,13 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)),
         "seconds": time.time() - started,
         "quick": quick,
-        "interrupted": interrupted,
+        "interrupted": interrupted_code is not None,
         "config": cfg.to_json(),
         "machine": machine,
         "nvflare": note,
         "groups": groups,
-        "baselines": baselines,
-        "measurements": measurements,
+        "baselines": state.baselines,
+        "measurements": state.measurements,
         "summary": summary,
     }
     if flare is not None:
@@ -385,8 +399,8 @@ def run(cfg: BenchConfig, out: Path, quick: bool = False, keep: bool = False,
         console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False, markup=False)
     console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['seconds']:.0f} s",
                   highlight=False)
-    if interrupted:
-        return 130
+    if interrupted_code is not None:
+        return interrupted_code
     failed = any("error" in g for g in groups) or any(s["errors"] or not s["route_ok"] for s in summary)
     if flare is not None:
         failed = failed or "error" in flare["flare"] or "error" in flare.get("ours_group", {})
@@ -397,10 +411,8 @@ def _run_large(config: Path | None, quick: bool, out: Path, keep: bool, show_pro
     """``--large``: the large-message benchmark with the ``[large]`` table of ``config``."""
     from .large import load_large_config, run as run_large
 
-    try:
-        cfg = load_large_config(config, quick)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    cfg = checked_config(load_large_config, config, quick, out)
+    if cfg is None:
         return 2
     return run_large(cfg, out, quick=quick, keep=keep, show_progress=show_progress)
 
@@ -418,10 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.large:
         return _run_large(args.config, args.quick, args.out, args.keep, not args.no_progress)
-    try:
-        cfg = load_bench_config(args.config, args.quick)
-    except BenchError as exc:
-        parser.error(str(exc))
+    cfg = checked_config(load_bench_config, args.config, args.quick, args.out)
+    if cfg is None:
+        return 2
     return run(cfg, args.out, quick=args.quick, keep=args.keep, show_progress=not args.no_progress)
 
 
@@ -437,11 +448,9 @@ def bench_command(
     """Benchmark every transport: drivers x topologies x payload sizes x concurrency."""
     if large:
         raise typer.Exit(_run_large(config, quick, out, keep, True))
-    try:
-        cfg = load_bench_config(config, quick)
-    except BenchError as exc:
-        typer.echo(f"error: {exc}", err=True)
-        raise typer.Exit(2) from None
+    cfg = checked_config(load_bench_config, config, quick, out)
+    if cfg is None:
+        raise typer.Exit(2)
     raise typer.Exit(run(cfg, out, quick=quick, keep=keep))
 
 

@@ -74,7 +74,7 @@ Output (into ``--out DIR``, default ``bench-results``)
     count was wrong.
 
 Config file (TOML; table ``[large]``, every key optional; ``[large.quick]``
-is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
+is applied over it with ``--quick``, and checked without it too; ``benchmarks/bench.toml`` has an example)
 
     ``drivers``             from tcp, http (default: both)
     ``topologies``          from client-server, relayed (default: both)
@@ -92,7 +92,8 @@ is applied over it with ``--quick``; ``benchmarks/bench.toml`` has an example)
     ``timeout``             seconds each request may take (default: 600)
     ``baselines``           run the raw TCP baseline (default: true)
     ``ready_timeout``       seconds the cells may take to link (default: 60)
-    ``tmp``                 folder for the received files of the ``file`` sink
+    ``tmp``                 folder for the received files of the ``file`` sink,
+                            an existing, writable folder
                             (default: ``/dev/shm`` when it is a writable
                             folder, else the system's temporary folder).
                             A memory-backed folder keeps the
@@ -125,7 +126,9 @@ from pathlib import Path
 from typing import Any
 
 from ._worker import reset_peak
-from .drivers import BenchError, Procs, machine_info, tail
+from .bench_config import apply_tables
+from .drivers import BenchError, Interrupts, Procs, machine_info, print_failure, progress_bar, tail
+from .paths import check_writable_dir, checked_config
 from .report import fmt_size
 
 KIB, MIB, GIB = 1 << 10, 1 << 20, 1 << 30
@@ -160,13 +163,13 @@ def _size(value: Any, key: str) -> int:
 
 def _positive_int(value: Any, ctx: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise BenchError(f"{ctx}: expected an integer >= 1")
+        raise BenchError(f"{ctx}: expected an integer >= 1, got {value!r}")
     return value
 
 
 def _names(value: Any, ctx: str, known: tuple[str, ...]) -> list[str]:
     if not isinstance(value, list) or not value:
-        raise BenchError(f"{ctx}: expected a non-empty list")
+        raise BenchError(f"{ctx}: expected a non-empty list, got {value!r}")
     names = [str(v) for v in value]
     bad = [v for v in names if v not in known]
     if bad:
@@ -194,10 +197,12 @@ class LargeConfig:
 
     QUICK = {"sinks": list(SINKS), "sizes": ["64MiB"], "repetitions": 1}
 
-    def apply(self, table: dict[str, Any], where: str) -> None:
+    def apply(self, table: dict[str, Any], where: str, options: bool = False) -> None:
+        """Validate ``table`` and set its keys; errors name ``where.key``, or ``--key`` with ``options``
+        (the table holds command-line options)."""
         names = {f.name for f in dataclasses.fields(self)}
         for key, value in table.items():
-            ctx = f"{where}.{key}"
+            ctx = f"--{key}" if options else f"{where}.{key}"
             if key == "quick" and isinstance(value, dict):
                 continue  # the [large.quick] sub-table, applied separately
             if key not in names:
@@ -210,26 +215,26 @@ class LargeConfig:
                 value = list(dict.fromkeys(_names(value, ctx, SINKS)))
             elif key == "sizes":
                 if not isinstance(value, list) or not value:
-                    raise BenchError(f"{ctx}: expected a non-empty list")
+                    raise BenchError(f"{ctx}: expected a non-empty list, got {value!r}")
                 value = sorted({_size(v, ctx) for v in value})
             elif key == "repetitions_by_size":
                 if not isinstance(value, dict):
-                    raise BenchError(f"{ctx}: expected a table of size = repetitions")
+                    raise BenchError(f"{ctx}: expected a table of size = repetitions, got {value!r}")
                 value = {_size(k, ctx): _positive_int(v, ctx) for k, v in value.items()}
             elif key in ("block", "chunk", "window"):
                 value = _size(value, ctx)
             elif key in ("timeout", "ready_timeout"):
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                    raise BenchError(f"{ctx}: expected a positive number of seconds")
+                    raise BenchError(f"{ctx}: expected a positive number of seconds, got {value!r}")
                 value = float(value)
             elif key == "baselines":
                 if not isinstance(value, bool):
-                    raise BenchError(f"{ctx}: expected true or false")
+                    raise BenchError(f"{ctx}: expected true or false, got {value!r}")
             elif key == "tmp":
-                value = str(value)
+                value = check_writable_dir(value, ctx)
             elif key == "seed":
                 if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                    raise BenchError(f"{ctx}: expected an integer >= 0")
+                    raise BenchError(f"{ctx}: expected an integer >= 0, got {value!r}")
             else:
                 value = _positive_int(value, ctx)
             setattr(self, key, value)
@@ -253,10 +258,7 @@ def load_large_config(path: Path | None, quick: bool) -> LargeConfig:
             table = tomllib.loads(Path(path).read_text()).get("large", {})
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise BenchError(f"{path}: {exc}") from None
-    cfg.apply(table, "large")
-    if quick:
-        cfg.apply(table.get("quick", LargeConfig.QUICK), "large.quick")
-    return cfg
+    return apply_tables(cfg, path, (table, "large"), (table.get("quick", LargeConfig.QUICK), "large.quick"), quick)
 
 
 def files_folder(tmp: str | None) -> str | None:
@@ -408,12 +410,7 @@ def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]
                 "--sizes", ",".join([str(MIB)] * len(sizes)),
                 "--counts", ",".join(str(raw_counts(s)) for s in sizes)]
         proc = procs.start(label, args, signal.SIGINT)
-        try:
-            proc.wait(cfg.timeout + 120)
-        except subprocess.TimeoutExpired:
-            procs.stop(proc)
-        finally:
-            procs.procs = [p for p in procs.procs if p[1] is not proc]
+        procs.wait(proc, cfg.timeout + 120)  # on a timeout, the missing sizes are reported
         lines = [json.loads(ln) for ln in (folder / f"{label}.log").read_text(errors="replace").splitlines()
                  if ln.startswith("{")]
         by_count = {r.get("count"): r for r in lines}
@@ -430,14 +427,6 @@ def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]
 def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, show_progress: bool = True) -> int:
     """Run the matrix, write large.json and large.md into ``out``, print the table; return an exit code."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        SpinnerColumn,
-        TextColumn,
-        TimeElapsedColumn,
-    )
 
     console = Console(stderr=True)
     out.mkdir(parents=True, exist_ok=True)
@@ -445,20 +434,23 @@ def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, sh
     raw_runs = max(cfg.reps(s) for s in cfg.sizes) if cfg.baselines else 0
     total = raw_runs + per_driver * len(cfg.drivers)
 
-    def on_term(_sig: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+    # SIGTERM unwinds like Ctrl-C; a second signal cannot cut the cleanup or the writing short.
+    with Interrupts() as signals:
+        return _run(cfg, out, quick, keep, console, progress_bar(console, show_progress, remaining=False), total,
+                    signals)
 
-    old = signal.signal(signal.SIGTERM, on_term)
-    folder = Path(tempfile.mkdtemp(prefix="cellnet-large-"))
+
+def _run(cfg: LargeConfig, out: Path, quick: bool, keep: bool, console: Any, progress: Any, total: int,
+         signals: Interrupts) -> int:
+    """The matrix of :func:`run`, under its signal handling; writes the results and returns the exit code."""
     files = Path(tempfile.mkdtemp(prefix="cellnet-large-files-", dir=files_folder(cfg.tmp)))
+    folder = Path(tempfile.mkdtemp(prefix="cellnet-large-"))
     files_fs = filesystem_of(files)
     baselines: list[dict[str, Any]] = []
     measurements: list[dict[str, Any]] = []
     groups: list[dict[str, Any]] = []
     started = time.time()
     interrupted = False
-    progress = Progress(SpinnerColumn(), TextColumn("{task.description:<42}"), BarColumn(), MofNCompleteColumn(),
-                        TimeElapsedColumn(), console=console, disable=not show_progress)
     try:
         with progress:
             task = progress.add_task("starting", total=total)
@@ -480,15 +472,13 @@ def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, sh
                     group = run_driver(driver, cfg, sub, files, advance, measurements)
                     group["seconds"] = time.monotonic() - t0
                     groups.append(group)
-                    if "error" in group:
-                        progress.console.print(f"[red]{driver} failed:[/] {group['error']}", highlight=False)
-                        for label, text in group.get("logs", {}).items():
-                            progress.console.print(f"  --- {label}:\n{text}", highlight=False, markup=False)
+                    print_failure(progress.console, f"{driver} failed", group)
             except KeyboardInterrupt:
                 interrupted = True
-            progress.update(task, completed=total, description="done")
+                progress.update(task, description="interrupted: stopping")
+            else:
+                progress.update(task, completed=total, description="done")
     finally:
-        signal.signal(signal.SIGTERM, old)
         shutil.rmtree(files, ignore_errors=True)
         if keep:
             console.print(f"configs and logs kept in {folder}", highlight=False)
@@ -520,8 +510,8 @@ def run(cfg: LargeConfig, out: Path, quick: bool = False, keep: bool = False, sh
     (out / "large.md").write_text(text)
     print(text, end="", flush=True)
     console.print(f"wrote {out / 'large.json'} and {out / 'large.md'} in {doc['seconds']:.0f} s", highlight=False)
-    if interrupted:
-        return 130
+    if signals.exit_code is not None:
+        return signals.exit_code
     rows = doc["summary"]["rows"]
     failed = (any("error" in g for g in groups) or any("error" in b for b in baselines)
               or any(r["errors"] or not r["bytes_ok"] or not r["route_ok"] for r in rows))
@@ -552,15 +542,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (configs, logs)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(args_list)
-    try:
-        cfg = load_large_config(args.config, args.quick)
+
+    def load(config: Path | None, quick: bool) -> LargeConfig:
+        cfg = load_large_config(config, quick)
         overrides: dict[str, Any] = {k: v for k in ("drivers", "topologies", "sinks", "sizes", "tmp")
                                      if (v := getattr(args, k)) is not None}
         if args.repetitions is not None:
             overrides.update(repetitions=args.repetitions, repetitions_by_size={})
-        cfg.apply(overrides, "command line")
-    except BenchError as exc:
-        parser.error(str(exc))
+        cfg.apply(overrides, "command line", options=True)
+        return cfg
+
+    cfg = checked_config(load, args.config, args.quick, args.out)
+    if cfg is None:
+        return 2
     return run(cfg, args.out, quick=args.quick, keep=args.keep, show_progress=not args.no_progress)
 
 

@@ -11,6 +11,7 @@ baseline, log-scale axes. Both work from a saved ``results.json`` too:
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import sys
 from pathlib import Path
@@ -341,6 +342,7 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
     cfg = doc["config"]
     drivers = [d for d in cfg["drivers"] if any(s["driver"] == d for s in doc["summary"])] or cfg["drivers"]
@@ -384,11 +386,21 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
                         color="black" if b_i == 0 else "gray", label=f"raw {module}" + (f" x{c}" if c != 1 else ""))
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
+            low, high = ax.get_ylim()
+            if low > 0 and math.log10(high / low) < 1.2:
+                ax.set_yscale("linear")  # less than a decade: a log axis would have one label or none
+                ax.set_ylim(bottom=0)
+            else:  # plain numbers (0.2, 3, 1000), not 2x10^-1
+                ax.yaxis.set_major_formatter(FuncFormatter(_plain))
+                ax.yaxis.set_minor_formatter(NullFormatter())
             ax.set_title(driver)
             ax.set_xlabel("payload size (bytes)")
             ax.set_ylabel("RTT median (ms)" if kind == "latency" else "MB/s (payload, both ways)")
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7)
+            if ax.get_legend_handles_labels()[0]:
+                ax.legend(fontsize=7)
+            else:
+                ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center")
         for ax in list(axes.flat)[len(drivers):]:
             ax.set_visible(False)
         fig.suptitle("cellnet: " + ("round-trip time vs payload size" if kind == "latency"
@@ -402,15 +414,58 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
     return paths
 
 
+def _plain(value: float, _pos: int | None = None) -> str:
+    """A tick label of a log axis as a plain number: 0.05, 0.2, 3, 1000, 20000."""
+    return f"{value:g}" if value < 1e5 else f"{value:.0f}"
+
+
+#: the keys of results.json that :func:`markdown` and :func:`plot` read
+RESULTS_KEYS = ("started", "seconds", "quick", "config", "machine", "groups", "baselines", "summary")
+
+
+def _load_results(path: Path) -> tuple[dict[str, Any], str]:
+    """The document in ``path`` and its Markdown; a :class:`BenchError` says what is wrong with it."""
+    from .drivers import BenchError
+
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise BenchError(f"{path}: not a JSON file ({exc})") from None
+    what = f"{path}: not a results.json of the benchmark harness"
+    if not isinstance(doc, dict):
+        raise BenchError(f"{what} (expected a JSON object, got {type(doc).__name__})")
+    missing = [k for k in RESULTS_KEYS if k not in doc]
+    if missing:
+        raise BenchError(f"{what} (missing keys: {', '.join(missing)})")
+    try:
+        return doc, markdown(doc)
+    except (LookupError, TypeError, ValueError, AttributeError) as exc:
+        raise BenchError(f"{what} (malformed: {type(exc).__name__}: {exc})") from None
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if not args:
-        print("usage: python -m cellnet.benchmarks.report results.json [OUT_DIR]", file=sys.stderr)
+    import argparse
+
+    from .drivers import BenchError
+    from .paths import check_out_dir
+
+    parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.report",
+                                     description="Write results.md, latency.png and throughput.png "
+                                                 "from a results.json of the benchmark harness.")
+    parser.add_argument("results", type=Path, metavar="RESULTS_JSON", help="results.json written by cellnet bench")
+    parser.add_argument("out", type=Path, nargs="?", metavar="OUT_DIR",
+                        help="folder for results.md and the plots (default: the folder of RESULTS_JSON)")
+    args = parser.parse_args(argv)
+    out = args.out if args.out is not None else args.results.parent
+    try:
+        doc, text = _load_results(args.results)
+        check_out_dir(out, "OUT_DIR")
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    doc = json.loads(Path(args[0]).read_text())
-    out = Path(args[1]) if len(args) > 1 else Path(args[0]).parent
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.md").write_text(markdown(doc))
+    (out / "results.md").write_text(text)
     for p in plot(doc, out):
         print(f"wrote {p}")
     return 0

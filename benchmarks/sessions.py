@@ -67,12 +67,7 @@ def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | 
             args += ["--concurrency", ",".join(map(str, levels)), "--max-inflight", str(cfg.max_inflight)]
         label = f"{driver}-{module}"
         proc = procs.start(label, args, signal.SIGINT)
-        try:
-            proc.wait(cfg.timeout + 120)
-        except subprocess.TimeoutExpired:
-            procs.stop(proc)
-        finally:
-            procs.procs = [p for p in procs.procs if p[1] is not proc]
+        procs.wait(proc, cfg.timeout + 120)  # on a timeout, the missing sizes are reported
         lines = [json.loads(ln) for ln in (procs.folder / f"{label}.log").read_text(errors="replace").splitlines()
                  if ln.startswith("{")]
         by_key = {(r.get("size"), r.get("concurrency", 1)): r for r in lines}
