@@ -1,3 +1,3 @@
-from cellnet.cli import main
+from cellnet._launch import main
 
 main()
