@@ -59,11 +59,21 @@ def private_redis() -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
             time.sleep(0.02)
         yield f"redis://127.0.0.1:{port}/0", proc
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.kill(proc.pid, signal.SIGKILL)
-                proc.wait()
+        _stop(proc)
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL after 5 s; an interrupt meanwhile still ends with it stopped."""
+    if proc.poll() is not None:
+        return
+    os.kill(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except KeyboardInterrupt:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise

@@ -126,18 +126,41 @@ def _positive_int(value: Any, ctx: str, zero: bool = False) -> int:
     return value
 
 
+def read_toml(path: Path) -> dict[str, Any]:
+    """The TOML document in the config file ``path``; a :class:`BenchError` in plain words if it
+    cannot be read (``nope.toml: no such file``, ``... is a folder, not a file``) or parsed."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise BenchError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise BenchError(f"{path}: is a folder, not a file") from None
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise BenchError(f"{path}: not valid TOML: {exc}") from None
+
+
+def read_config(path: Path | None) -> dict[str, Any]:
+    """The tables of a benchmark config file (none without one). One file serves both
+    benchmarks: ``[bench]`` and ``[quick]`` for the harness, ``[large]`` for the
+    large-message benchmark; each checks that no other table is there (a misspelt one)."""
+    if path is None:
+        return {}
+    data = read_toml(path)
+    unknown = set(data) - {"bench", "quick", "large"}
+    if unknown:
+        raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench], [quick] and [large]")
+    return data
+
+
 def load_bench_config(path: Path | None, quick: bool) -> BenchConfig:
     cfg = BenchConfig()
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise BenchError(f"{path}: {exc}") from None
-        # [large] belongs to the large-message benchmark (cellnet.benchmarks.large).
-        unknown = set(data) - {"bench", "quick", "large"}
-        if unknown:
-            raise BenchError(f"{path}: unknown tables {sorted(unknown)}; expected [bench], [quick] and [large]")
+    data = read_config(path)
     return apply_tables(cfg, path, (data.get("bench", {}), "bench"),
                         (data.get("quick", BenchConfig.QUICK), "quick"), quick)
 

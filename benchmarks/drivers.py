@@ -61,6 +61,7 @@ import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 from ._redis import private_redis, redis_binary
@@ -211,17 +212,42 @@ class Procs:
         group["error"] = f"{type(exc).__name__}: {exc}"
         group["logs"] = {label: tail(log, 30) for label, _proc, log in self.procs}
 
+    @contextlib.contextmanager
+    def guard(self, group: dict[str, Any]) -> Iterator[None]:
+        """Run one group of measurements: an exception ends it and is put into
+        ``group`` with the tail of every log (the other groups still run), and
+        every process is stopped at the end, notes on unclean exits in
+        ``group["stop_notes"]``. An interrupt goes on after the stop."""
+        try:
+            yield
+        except Exception as exc:  # reported; the rest of the run still stands
+            self.record_failure(group, exc)
+        finally:
+            notes = self.stop_all()
+            if notes:
+                group["stop_notes"] = notes
+
     def stop_all(self) -> list[str]:
-        """Stop every process, newest first; return notes on unclean exits."""
+        """Stop every process, newest first; return notes on unclean exits.
+
+        An interrupt (Ctrl-C) that lands while one is being stopped does not
+        spare the others: each is still stopped, then the interrupt goes on."""
         notes = []
+        interrupted: BaseException | None = None
         for label, proc, _log in reversed(self.procs):
             running = proc.poll() is None
             t0 = time.monotonic()
-            self.stop(proc)
+            try:
+                self.stop(proc)
+            except KeyboardInterrupt as exc:
+                interrupted = exc
+                self.stop(proc)  # the interrupt cut its wait short
             took = time.monotonic() - t0
             if running and (proc.returncode not in (0, -signal.SIGTERM, -signal.SIGINT) or took > 2.0):
                 notes.append(f"{label} exit code {proc.returncode} after stop ({took:.1f} s)")
         self.procs.clear()
+        if interrupted is not None:
+            raise interrupted
         return notes
 
 

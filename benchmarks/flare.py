@@ -71,7 +71,7 @@ from typing import Any
 
 from ._stats import percentile
 from ._worker import emit, payload_for, reset_peak, vm_hwm_kib
-from .drivers import Procs, free_port, tail
+from .drivers import Procs, free_port
 
 #: the application channel of the echo and sink handlers (streamed by FLARE)
 CHANNEL = "cellnet_bench"
@@ -308,7 +308,7 @@ def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
     env = dict(os.environ)
     env["NVFLARE_ALLOW_ADHOC_CONNS"] = "true"
     env["PYTHONUNBUFFERED"] = "1"
-    try:
+    with procs.guard(group):  # SIGTERM at the end: FLARE's threads need no clean shutdown here
         pids: dict[str, int] = {}
         for name in ("server", "site-2"):
             log = open(folder / f"flare-{name}.log", "wb")
@@ -372,20 +372,7 @@ def run_flare(cfg: Any, folder: Path, advance: Callable[[str], None],
                                     "timeout": cfg.timeout}, f"FLARE {topo} {size} {mode}")
                         group["large"].append({"topology": topo, "size": size, "mode": mode, "repetition": rep,
                                                "route_ok": res.get("route") == EXPECTED_ROUTES[topo], **res})
-        worker.stdin.write(b"quit\n")
-        worker.stdin.flush()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            worker.wait(15)
-        if worker.returncode == 0:
-            procs.procs = [p for p in procs.procs if p[1] is not worker]
-        procs.check_alive()
-    except Exception as exc:  # reported; the rest of the run still stands
-        group["error"] = f"{type(exc).__name__}: {exc}"
-        group["logs"] = {label: tail(lg, 30) for label, _p, lg in procs.procs}
-    finally:
-        notes = procs.stop_all()  # SIGTERM: FLARE's threads need no clean shutdown here
-        if notes:
-            group["stop_notes"] = notes
+        procs.quit_worker(worker)
     return group
 
 

@@ -356,7 +356,7 @@ def _run_matrix(cfg: BenchConfig, state: _RunState, compare: bool, tcp_sizes: li
             shutil.rmtree(folder, ignore_errors=True)
     if interrupted:
         console.print("interrupted: the processes it started are stopped; the results written are incomplete",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
 
 
 def _write_results(cfg: BenchConfig, state: _RunState, out: Path, quick: bool, note: str,
@@ -393,8 +393,11 @@ def _write_results(cfg: BenchConfig, state: _RunState, out: Path, quick: bool, n
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     (out / "results.md").write_text(markdown(doc))
     try:
-        for path in plot(doc, out):
+        paths = plot(doc, out)
+        for path in paths:
             console.print(f"wrote {path}", highlight=False)
+        if not paths:
+            console.print("no measurements: no plots", highlight=False)
     except ImportError:
         console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False, markup=False)
     console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['seconds']:.0f} s",

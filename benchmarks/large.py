@@ -118,7 +118,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -126,7 +125,7 @@ from pathlib import Path
 from typing import Any
 
 from ._worker import reset_peak
-from .bench_config import apply_tables
+from .bench_config import apply_tables, read_config
 from .drivers import BenchError, Interrupts, Procs, machine_info, print_failure, progress_bar, tail
 from .paths import check_writable_dir, checked_config
 from .report import fmt_size
@@ -252,12 +251,7 @@ class LargeConfig:
 def load_large_config(path: Path | None, quick: bool) -> LargeConfig:
     """The config from ``[large]`` (and with ``quick``, ``[large.quick]``) of ``path``."""
     cfg = LargeConfig()
-    table: dict[str, Any] = {}
-    if path is not None:
-        try:
-            table = tomllib.loads(Path(path).read_text()).get("large", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise BenchError(f"{path}: {exc}") from None
+    table = read_config(path).get("large", {})
     return apply_tables(cfg, path, (table, "large"), (table.get("quick", LargeConfig.QUICK), "large.quick"), quick)
 
 
@@ -320,7 +314,7 @@ def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance
     procs = Procs(folder)
     py = sys.executable
     files.mkdir(parents=True, exist_ok=True)
-    try:
+    with procs.guard(group):
         advance(f"{driver}: linking cells")
         configs = _cell_configs(driver, cfg)
         for name, text in configs.items():
@@ -349,12 +343,6 @@ def run_driver(driver: str, cfg: LargeConfig, folder: Path, files: Path, advance
                         measurements.append(_measure(driver, topo, sink, size, rep, cfg, procs, pids,
                                                      sender, reader, group, advance))
         procs.quit_worker(sender)
-    except Exception as exc:  # reported; the other drivers still run
-        procs.record_failure(group, exc)
-    finally:
-        notes = procs.stop_all()
-        if notes:
-            group["stop_notes"] = notes
     return group
 
 
@@ -398,9 +386,9 @@ def raw_counts(size: int) -> int:
     return max(1, math.ceil(size / MIB))
 
 
-def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]) -> list[dict[str, Any]]:
-    """:mod:`raw_stream` moving each size in 1 MiB messages, once per repetition of that size."""
-    out: list[dict[str, Any]] = []
+def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None], out: list[dict[str, Any]]) -> None:
+    """:mod:`raw_stream` moving each size in 1 MiB messages, once per repetition of that size;
+    the records appended to ``out`` as each run ends (an interrupt keeps those that ended)."""
     procs = Procs(folder)
     for rep in range(max(cfg.reps(s) for s in cfg.sizes)):
         sizes = [s for s in cfg.sizes if cfg.reps(s) > rep]
@@ -418,7 +406,6 @@ def run_baselines(cfg: LargeConfig, folder: Path, advance: Callable[[str], None]
             r = by_count.get(raw_counts(size)) or {"error": f"no result: {tail(folder / f'{label}.log', 5)}"}
             out.append({"size": size, "repetition": rep, "bytes": raw_counts(size) * MIB,
                         **{k: v for k, v in r.items() if k != "size"}})
-    return out
 
 
 # -- the run ------------------------------------------------------------------------------
@@ -464,7 +451,7 @@ def _run(cfg: LargeConfig, out: Path, quick: bool, keep: bool, console: Any, pro
 
             try:
                 if cfg.baselines:
-                    baselines = run_baselines(cfg, folder, advance)
+                    run_baselines(cfg, folder, advance, baselines)
                 for driver in cfg.drivers:
                     sub = folder / driver
                     sub.mkdir()

@@ -53,8 +53,9 @@ def baseline_counts(cfg: BenchConfig) -> list[int]:
 
 
 def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | None,
-                  advance: Callable[[str], None]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+                  advance: Callable[[str], None], out: list[dict[str, Any]]) -> None:
+    """Each raw baseline of ``driver``, its records appended to ``out`` as each ends (an
+    interrupt keeps those that ended)."""
     counts = baseline_counts(cfg)
     for module in RAW_MODULES[driver]:
         advance(f"{driver}: raw {module}")
@@ -77,7 +78,6 @@ def run_baselines(driver: str, cfg: BenchConfig, procs: Procs, redis_url: str | 
                     "size": size, "concurrency": level,
                     "error": f"no result: {tail(procs.folder / f'{label}.log', 5)}"}
                 out.append({"driver": driver, "module": module, **r})
-    return out
 
 
 class CellSession:
@@ -148,11 +148,12 @@ def run_driver(driver: str, cfg: BenchConfig, folder: Path, advance: Callable[[s
     procs = Procs(folder)
     redis_cm = private_redis() if driver == "redis" else contextlib.nullcontext(None)
     try:
-        with redis_cm as redis:
+        with redis_cm as redis, procs.guard(group):  # our cells stop before the redis-server they use
             if cfg.baselines:
-                baselines += run_baselines(driver, cfg, procs, redis[0] if redis else None, advance)
+                run_baselines(driver, cfg, procs, redis[0] if redis else None, advance, baselines)
             session = CellSession(driver, cfg, folder, procs, redis, advance)
-            group.update(pids=dict(session.pids), ready_s=session.ready["ready_s"], routes=session.ready["routes"])
+            group.update(pids=dict(session.pids), ready_s=session.ready["ready_s"],
+                         routes=session.ready["routes"])
             for rep in range(cfg.repetitions):
                 for topo in cfg.topologies:
                     for size in cfg.sizes:
@@ -160,12 +161,8 @@ def run_driver(driver: str, cfg: BenchConfig, folder: Path, advance: Callable[[s
                             advance(f"{driver} {topo} {fmt_size(size)} x{conc} rep {rep + 1}")
                             measurements.append(session.measure(topo, size, conc, rep))
             session.quit()
-    except Exception as exc:  # reported; the other drivers still run
+    except Exception as exc:  # the private redis-server
         procs.record_failure(group, exc)
-    finally:
-        notes = procs.stop_all()
-        if notes:
-            group["stop_notes"] = notes
     return group
 
 
