@@ -4,7 +4,9 @@
   prints as JSON (RTT min/median/p99 in microseconds and MB/s);
 * :func:`spawned_server`: an asyncio echo server in a spawned child process
   that reports its port over a pipe;
-* :func:`echo_parser`: the ``--size``/``--count`` command line they share.
+* :func:`echo_parser`: the ``--size``/``--count`` command line they share, and
+  :func:`size_arg` and :func:`positive_int`, the argument types of its options
+  (a bad value is a usage error: exit code 2, one line, no traceback).
 """
 
 from __future__ import annotations
@@ -86,12 +88,42 @@ def spawned_server(serve: ServeFn, *args: Any) -> Iterator[int]:
         parent.close()
 
 
+#: the largest ``--size``: under every baseline's frame limit (4-byte length prefix, gRPC's 2 GiB)
+MAX_SIZE = 1 << 30
+
+
+def size_arg(text: str) -> int:
+    """An argparse type: a payload size of 1 byte to 1 GiB, with or without a unit (``100``, ``64KiB``, ``1.5MiB``)."""
+    from cellnet.errors import ConfigError
+    from cellnet.sizes import parse_size
+
+    try:
+        size = parse_size(text)
+    except ConfigError:
+        size = -1
+    if not 1 <= size <= MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected a size from 1 byte to 1 GiB, like 100, 64KiB or 1.5MiB, got {text!r}")
+    return size
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def echo_parser(doc: str | None) -> argparse.ArgumentParser:
-    """A parser with ``--size`` (bytes, default 100) and ``--count`` (round trips, default 2000).
+    """A parser with ``--size`` (bytes, units allowed, default 100) and ``--count`` (round trips, default 2000).
 
     Its description is the first line of ``doc`` (the calling module's ``__doc__``).
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
-    parser.add_argument("--size", type=int, default=100)
-    parser.add_argument("--count", type=int, default=2000)
+    parser.add_argument("--size", type=size_arg, default=100, help="payload bytes: 100, 64KiB, 1.5MiB... (default 100)")
+    parser.add_argument("--count", type=positive_int, default=2000, help="messages to measure (default 2000)")
     return parser

@@ -26,7 +26,7 @@ import socket
 import struct
 import time
 
-from ._stats import echo_parser, spawned_server, summarize
+from ._stats import echo_parser, positive_int, spawned_server, summarize
 
 _LEN = struct.Struct("!I")
 
@@ -119,7 +119,8 @@ def measure(size: int, count: int, warmup: int = 50, concurrency: int = 1) -> di
 
 def main() -> None:
     parser = echo_parser(__doc__)
-    parser.add_argument("--concurrency", type=int, default=1, help="requests outstanding on the connection")
+    parser.add_argument("--concurrency", type=positive_int, default=1,
+                        help="requests outstanding on the connection (default 1)")
     args = parser.parse_args()
     print(json.dumps(measure(args.size, args.count, concurrency=args.concurrency)))
 

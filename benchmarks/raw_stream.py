@@ -95,6 +95,8 @@ async def _client(port: int, size: int, count: int, warmup: int) -> dict[str, fl
 
 def measure(size: int, count: int, warmup: int = 5) -> dict[str, float]:
     """Run the sink in a child process and stream ``count`` messages of ``size`` bytes to it."""
+    if size < 1 or count < 1:  # an empty burst would wait forever for the sink's answer
+        raise ValueError(f"size and count must be >= 1, got size {size}, count {count}")
     with spawned_server(_serve) as port:
         return asyncio.run(_client(port, size, count, warmup))
 

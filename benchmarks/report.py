@@ -38,7 +38,9 @@ def problem_lines(doc: dict[str, Any]) -> list[str]:
     if doc.get("interrupted"):
         lines += ["**The run was interrupted: the tables are incomplete.**", ""]
     for g in doc["groups"]:
-        if "error" in g:
+        if g.get("error") == "interrupted":
+            lines += [f"**{g['driver']}: interrupted** (its rows below are what it measured before)", ""]
+        elif "error" in g:
             lines += [f"**{g['driver']} failed:** `{g['error'].splitlines()[0][:300]}`", ""]
     return lines
 
@@ -337,81 +339,135 @@ def comparison_markdown(doc: dict[str, Any]) -> list[str]:
 
 
 def plot(doc: dict[str, Any], out: Path) -> list[Path]:
-    """Write latency.png and throughput.png into ``out``; return their paths."""
-    import matplotlib
+    """Write latency.png and throughput.png into ``out``; return their paths.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
-
-    cfg = doc["config"]
-    drivers = [d for d in cfg["drivers"] if any(s["driver"] == d for s in doc["summary"])] or cfg["drivers"]
-    concs = cfg["concurrency"]
-    summary = _index(doc["summary"])
-    colors = {"client-server": "tab:blue", "relayed": "tab:orange", "direct": "tab:green"}
+    A document without a single measurement (a run interrupted before the
+    first one) gives no plots: nothing is written and the list is empty.
+    """
     paths = []
     for kind in ("latency", "throughput"):
-        n = len(drivers)
-        ncols = 2 if n > 1 else 1
-        nrows = (n + ncols - 1) // ncols
-        fig, axes = plt.subplots(nrows, ncols, figsize=(6.4 * ncols, 4.2 * nrows), squeeze=False)
-        for ax, driver in zip(axes.flat, drivers):
-            for topo in cfg["topologies"]:
-                for ci, c in enumerate(concs if kind == "throughput" else concs[:1]):
-                    pts = [(size, s) for size in cfg["sizes"]
-                           if (s := summary.get((driver, topo, size, c))) and s["rtt_median_us"]]
-                    if not pts:
-                        continue
-                    key, scale = ("rtt_median_us", 1e-3) if kind == "latency" else ("mb_per_s", 1.0)
-                    xs = [p[0] for p in pts]
-                    ys = [p[1][key]["median"] * scale for p in pts]
-                    lo = [y - p[1][key]["min"] * scale for y, p in zip(ys, pts)]
-                    hi = [p[1][key]["max"] * scale - y for y, p in zip(ys, pts)]
-                    ax.errorbar(xs, ys, yerr=[lo, hi], marker="o", ms=3, capsize=2,
-                                linestyle="-" if ci == 0 else "--", color=colors.get(topo),
-                                label=f"{TOPOLOGY_LABELS.get(topo, topo)} x{c}")
-            raw_lines = sorted({(b["module"], b.get("concurrency", 1)) for b in doc["baselines"]
-                                if b["driver"] == driver})
-            for b_i, (module, c) in enumerate(raw_lines):
-                if kind == "latency" and c != concs[0]:
-                    continue
-                pts = [b for b in doc["baselines"] if b["driver"] == driver and b["module"] == module
-                       and b.get("concurrency", 1) == c and "error" not in b]
-                if kind == "latency":
-                    pts = [b for b in pts if "rtt_median_us" in b]
-                if not pts:
-                    continue
-                ys = [b["rtt_median_us"] / 1e3 if kind == "latency" else b["mb_per_s"] for b in pts]
-                ax.plot([b["size"] for b in pts], ys, linestyle=":" if c == 1 else "-.", marker="s", ms=3,
-                        color="black" if b_i == 0 else "gray", label=f"raw {module}" + (f" x{c}" if c != 1 else ""))
-            ax.set_xscale("log", base=2)
-            ax.set_yscale("log")
-            low, high = ax.get_ylim()
-            if low > 0 and math.log10(high / low) < 1.2:
-                ax.set_yscale("linear")  # less than a decade: a log axis would have one label or none
-                ax.set_ylim(bottom=0)
-            else:  # plain numbers (0.2, 3, 1000), not 2x10^-1
-                ax.yaxis.set_major_formatter(FuncFormatter(_plain))
-                ax.yaxis.set_minor_formatter(NullFormatter())
-            ax.set_title(driver)
-            ax.set_xlabel("payload size (bytes)")
-            ax.set_ylabel("RTT median (ms)" if kind == "latency" else "MB/s (payload, both ways)")
-            ax.grid(True, which="both", alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=7)
-            else:
-                ax.text(0.5, 0.5, "no results", transform=ax.transAxes, ha="center", va="center")
-        for ax in list(axes.flat)[len(drivers):]:
-            ax.set_visible(False)
-        fig.suptitle("cellnet: " + ("round-trip time vs payload size" if kind == "latency"
-                                    else "throughput vs payload size (solid: x%d, dashed: x%d)"
-                                    % (concs[0], concs[-1])))
-        fig.tight_layout()
+        fig = figure(doc, kind)
+        if fig is None:
+            return []
         path = out / f"{kind}.png"
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         paths.append(path)
     return paths
+
+
+def _points(doc: dict[str, Any], kind: str, driver: str) -> list[tuple[str, list[tuple[int, float, float, float]],
+                                                                      dict[str, Any]]]:
+    """The lines of one panel: (label, [(size, median, min, max)], style), bus lines first, then the raw baselines."""
+    cfg = doc["config"]
+    concs = cfg["concurrency"]
+    summary = _index(doc["summary"])
+    key, scale = ("rtt_median_us", 1e-3) if kind == "latency" else ("mb_per_s", 1.0)
+    colors = {"client-server": "tab:blue", "relayed": "tab:orange", "direct": "tab:green"}
+    lines = []
+    for topo in cfg["topologies"]:
+        for ci, c in enumerate(concs if kind == "throughput" else concs[:1]):
+            pts = [(size, s[key]["median"] * scale, s[key]["min"] * scale, s[key]["max"] * scale)
+                   for size in cfg["sizes"] if (s := summary.get((driver, topo, size, c))) and s.get(key)]
+            if pts:
+                lines.append((f"{TOPOLOGY_LABELS.get(topo, topo)} x{c}", pts,
+                              {"linestyle": "-" if ci == 0 else "--", "color": colors.get(topo), "marker": "o"}))
+    base = [b for b in doc["baselines"] if b["driver"] == driver and "error" not in b and key in b]
+    raw_lines = sorted({(b["module"], b.get("concurrency", 1)) for b in base})
+    for b_i, (module, c) in enumerate(raw_lines):
+        if kind == "latency" and c != concs[0]:
+            continue
+        mine = sorted((b for b in base if b["module"] == module and b.get("concurrency", 1) == c),
+                      key=lambda b: b["size"])
+        label = module + (f" x{c}" if c != 1 else "") + ("" if "rtt_median_us" in mine[0] else " (one-way)")
+        lines.append((label, [(b["size"], b[key] * scale, b[key] * scale, b[key] * scale) for b in mine],
+                      {"linestyle": ":" if c == 1 else "-.", "color": "black" if b_i == 0 else "gray",
+                       "marker": "s"}))
+    return lines
+
+
+def figure(doc: dict[str, Any], kind: str) -> Any:
+    """The ``latency`` or ``throughput`` figure (a matplotlib ``Figure``), or None without any point to draw."""
+    from matplotlib import ticker
+    from matplotlib.figure import Figure
+
+    cfg = doc["config"]
+    concs = cfg["concurrency"]
+    panels = [(d, lines) for d in cfg["drivers"] if (lines := _points(doc, kind, d))]
+    if not panels:
+        return None
+    sizes = sorted({p[0] for _d, lines in panels for _label, pts, _style in lines for p in pts})
+    n = len(panels)
+    ncols = 2 if n > 1 else 1
+    nrows = (n + ncols - 1) // ncols
+    fig = Figure(figsize=(6.4 * ncols, 4.2 * nrows))
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax, (driver, lines) in zip(axes.flat, panels):
+        for label, pts, style in lines:
+            xs = [p[0] for p in pts]
+            ys = [p[1] for p in pts]
+            if style["marker"] == "o":  # the bus, with its min-max range over the repetitions
+                ax.errorbar(xs, ys, yerr=[[y - p[2] for y, p in zip(ys, pts)], [p[3] - y for y, p in zip(ys, pts)]],
+                            ms=3, capsize=2, label=label, **style)
+            else:
+                ax.plot(xs, ys, ms=3, label=label, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlim(sizes[0] / 1.6, sizes[-1] * 1.6)
+        mine = sorted({p[0] for _label, pts, _style in lines for p in pts})
+        ax.xaxis.set_major_locator(ticker.FixedLocator(mine))  # the sizes measured here, in units: 100 B, 4 KiB
+        ax.xaxis.set_major_formatter(ticker.FixedFormatter([_size_label(s) for s in mine]))
+        ax.xaxis.set_minor_locator(ticker.NullLocator())
+        ax.set_yscale("log")
+        low, high = ax.get_ylim()
+        if low > 0 and math.log10(high / low) < 1.2:
+            ax.set_yscale("linear")  # less than ~a decade: a log axis would have one label or none
+            ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_locator(ticker.MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        else:  # plain numbers (0.2, 3, 1000), not 2x10^-1, at least 3 of them
+            ax.yaxis.set_major_locator(ticker.FixedLocator(_log_ticks(low, high)))
+            ax.yaxis.set_major_formatter(ticker.FuncFormatter(_plain))
+            ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+            ax.set_ylim(low, high)
+        ax.set_title(driver)
+        ax.set_xlabel("payload size")
+        ax.set_ylabel("RTT median (ms)" if kind == "latency" else "MB/s (payload, both ways)")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in list(axes.flat)[n:]:
+        ax.set_visible(False)
+    if kind == "latency":
+        title = "round-trip time vs payload size"
+    elif len(concs) == 1:
+        title = f"throughput vs payload size (x{concs[0]})"
+    else:
+        title = (f"throughput vs payload size (solid: x{concs[0]}, dashed: "
+                 + ", ".join(f"x{c}" for c in concs[1:]) + ")")
+    fig.suptitle("cellnet: " + title)
+    fig.tight_layout()
+    return fig
+
+
+def _size_label(n: int) -> str:
+    """A payload size on an axis: 100 B, 4 KiB, 64 MiB, or 1.5 MiB when not a whole unit."""
+    from cellnet.sizes import format_size
+
+    text = fmt_size(n)
+    return format_size(n) if int(text.split()[0]) >= 1024 else text
+
+
+def _log_ticks(low: float, high: float) -> list[float]:
+    """Labelled ticks of a log axis from ``low`` to ``high``: powers of ten when at least 3 of them
+    fit (every other one, or fewer, beyond 7), else 1-3 or 1-2-5 steps, whichever first gives 3."""
+    first, last = math.floor(math.log10(low)), math.ceil(math.log10(high))
+    ticks: list[float] = []
+    for steps in ((1,), (1, 3), (1, 2, 5)):
+        ticks = [float(f"{m}e{e}") for e in range(first, last + 1) for m in steps
+                 if low <= float(f"{m}e{e}") <= high]
+        if len(ticks) >= 3:
+            break
+    if len(ticks) > 7 and steps == (1,):
+        step = math.ceil(len(ticks) / 7)
+        ticks = [t for t in ticks if round(math.log10(t)) % step == 0]
+    return ticks
 
 
 def _plain(value: float, _pos: int | None = None) -> str:
@@ -466,8 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     (out / "results.md").write_text(text)
-    for p in plot(doc, out):
+    print(f"wrote {out / 'results.md'}")
+    paths = plot(doc, out)
+    for p in paths:
         print(f"wrote {p}")
+    if not paths:
+        print("no measurements in it: no plots")
     return 0
 
 

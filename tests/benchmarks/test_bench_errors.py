@@ -152,3 +152,96 @@ def test_large_command_line_options_are_named_as_options(tmp_path: Path) -> None
     _error(_run([*large, "--sizes", "lots"], tmp_path), "--sizes:", '"lots"')
     proc = _run([*large, "--sinks", "disk"], tmp_path)
     assert "command line" not in _error(proc, "--sinks: unknown ['disk']")
+
+
+def test_missing_config_file_is_named_in_plain_words(tmp_path: Path) -> None:
+    (tmp_path / "afolder").mkdir()
+    for command in (["cellnet", "bench"], ["cellnet.benchmarks"], ["cellnet.benchmarks.large"],
+                    ["cellnet.benchmarks", "--large"]):
+        line = _error(_run([*command, "--config", "nope.toml"], tmp_path), "nope.toml: no such file")
+        assert "Errno" not in line
+        line = _error(_run([*command, "--config", "afolder"], tmp_path), "afolder: is a folder, not a file")
+        assert "Errno" not in line
+    assert not (tmp_path / "bench-results").exists()
+
+
+def test_unreadable_or_malformed_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cellnet.benchmarks.bench_config import load_bench_config, read_toml
+    from cellnet.benchmarks.drivers import BenchError
+    from cellnet.benchmarks.large import load_large_config
+
+    config = tmp_path / "bench.toml"
+    config.write_text("[bench\n")
+    with pytest.raises(BenchError, match=r"bench.toml: not valid TOML: .*line 1"):
+        read_toml(config)
+    config.write_bytes(b"[bench]\nseed = 1 # \xff\n")
+    with pytest.raises(BenchError, match="bench.toml: not a text file"):
+        load_large_config(config, quick=False)
+
+    def denied(*_args: object, **_kwargs: object) -> str:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "read_text", denied)  # root can read any file: pretend
+    for load in (load_bench_config, load_large_config):
+        with pytest.raises(BenchError) as info:
+            load(config, False)
+        assert str(info.value) == f"{config}: cannot read it: Permission denied"
+
+
+# -- the standalone raw baselines ---------------------------------------------------------------
+
+RAW_TOOLS = ["raw_echo", "raw_stream", "raw_grpc_echo", "raw_websocket_echo", "raw_redis_echo"]
+
+
+def _usage_error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
+    """The argparse error line of ``proc``: exit code 2, no traceback, one ``error:`` line with every word."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    assert "Traceback" not in proc.stderr and not proc.stdout, proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1, proc.stderr
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+    return lines[0]
+
+
+@pytest.mark.parametrize("tool", RAW_TOOLS)
+def test_raw_tools_refuse_bad_arguments(tmp_path: Path, tool: str) -> None:
+    module = [f"cellnet.benchmarks.{tool}"]
+    for args, words in [
+        (["--size", "100", "--count", "0"], ("--count", "expected a whole number >= 1", "'0'")),
+        (["--count", "-3"], ("--count", "'-3'")),
+        (["--count", "many"], ("--count", "'many'")),
+        (["--size", "-5"], ("--size", "expected a size", "'-5'")),
+        (["--size", "0"], ("--size", "'0'")),
+        (["--size", "2GiB"], ("--size", "1 GiB", "'2GiB'")),
+        (["--size", "64 parsecs"], ("--size", "'64 parsecs'")),
+    ]:
+        _usage_error(_run([*module, *args], tmp_path), *words)
+
+
+def test_raw_echo_refuses_zero_concurrency(tmp_path: Path) -> None:
+    _usage_error(_run(["cellnet.benchmarks.raw_echo", "--concurrency", "0"], tmp_path),
+                 "--concurrency", "expected a whole number >= 1", "'0'")
+
+
+def test_raw_tools_accept_sizes_with_units() -> None:
+    from cellnet.benchmarks._stats import echo_parser
+
+    args = echo_parser(None).parse_args(["--size", "64KiB", "--count", "3"])
+    assert (args.size, args.count) == (64 * 1024, 3)
+    assert echo_parser(None).parse_args(["--size", "1.5MiB"]).size == 3 << 19
+    assert echo_parser(None).parse_args([]).size == 100  # the defaults are unchanged
+
+
+def test_raw_echo_runs_with_a_size_in_units(tmp_path: Path) -> None:
+    proc = _run(["cellnet.benchmarks.raw_echo", "--size", "4KiB", "--count", "3"], tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads(proc.stdout)
+    assert result["size"] == 4096 and result["count"] == 3 and result["concurrency"] == 1
+
+
+def test_raw_stream_measure_refuses_an_empty_burst() -> None:
+    from cellnet.benchmarks import raw_stream
+
+    with pytest.raises(ValueError, match="count 0"):
+        raw_stream.measure(100, 0)  # it used to wait forever for the sink
