@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from .drivers import DRIVERS, BenchError, free_port
+from .drivers import DRIVERS
+from .procs import BenchError, free_port
 
 TOPOLOGIES = ("client-server", "relayed", "direct")
 EXPECTED_ROUTES = {

@@ -71,7 +71,7 @@ from typing import Any
 
 from ._stats import percentile
 from ._worker import emit, payload_for, reset_peak, vm_hwm_kib
-from .drivers import Procs, free_port
+from .procs import Procs, free_port
 
 #: the application channel of the echo and sink handlers (streamed by FLARE)
 CHANNEL = "cellnet_bench"

@@ -154,7 +154,8 @@ from .bench_config import (
     BenchConfig,
     load_bench_config,
 )
-from .drivers import Interrupts, Procs, machine_info, print_failure, progress_bar
+from .drivers import machine_info
+from .procs import Interrupts, Procs, print_failure, progress_bar
 from .large import SINKS as LARGE_SINKS
 from .paths import checked_config
 from .sessions import CellSession, run_driver

@@ -126,7 +126,8 @@ from typing import Any
 
 from ._worker import reset_peak
 from .bench_config import apply_tables, read_config
-from .drivers import BenchError, Interrupts, Procs, machine_info, print_failure, progress_bar, tail
+from .drivers import machine_info
+from .procs import BenchError, Interrupts, Procs, print_failure, progress_bar, tail
 from .paths import check_writable_dir, checked_config
 from .report import fmt_size
 

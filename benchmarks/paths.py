@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from .drivers import BenchError
+from .procs import BenchError
 
 T = TypeVar("T")
 

@@ -481,7 +481,7 @@ RESULTS_KEYS = ("started", "seconds", "quick", "config", "machine", "groups", "b
 
 def _load_results(path: Path) -> tuple[dict[str, Any], str]:
     """The document in ``path`` and its Markdown; a :class:`BenchError` says what is wrong with it."""
-    from .drivers import BenchError
+    from .procs import BenchError
 
     try:
         doc = json.loads(path.read_text())
@@ -504,7 +504,7 @@ def _load_results(path: Path) -> tuple[dict[str, Any], str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    from .drivers import BenchError
+    from .procs import BenchError
     from .paths import check_out_dir
 
     parser = argparse.ArgumentParser(prog="python -m cellnet.benchmarks.report",

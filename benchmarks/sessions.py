@@ -19,7 +19,7 @@ from typing import Any
 from ._redis import private_redis
 from ._worker import reset_peak, vm_hwm_kib
 from .bench_config import EXPECTED_ROUTES, MIB, RAW_CONCURRENT, RAW_MODULES, BenchConfig, cell_configs
-from .drivers import BenchError, Procs, tail
+from .procs import BenchError, Procs, tail
 from .report import fmt_size
 
 class LineReader:

@@ -167,7 +167,7 @@ def test_missing_config_file_is_named_in_plain_words(tmp_path: Path) -> None:
 
 def test_unreadable_or_malformed_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from cellnet.benchmarks.bench_config import load_bench_config, read_toml
-    from cellnet.benchmarks.drivers import BenchError
+    from cellnet.benchmarks.procs import BenchError
     from cellnet.benchmarks.large import load_large_config
 
     config = tmp_path / "bench.toml"

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cellnet.benchmarks.drivers import BenchError
+from cellnet.benchmarks.procs import BenchError
 from cellnet.benchmarks.harness import BenchConfig, load_bench_config
 
 pytestmark = pytest.mark.timeout(120)

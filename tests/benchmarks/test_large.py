@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cellnet.benchmarks.drivers import BenchError
+from cellnet.benchmarks.procs import BenchError
 from cellnet.benchmarks.large import GIB, MIB, SINKS, LargeConfig, load_large_config
 
 pytestmark = pytest.mark.timeout(90)

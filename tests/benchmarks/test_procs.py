@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from cellnet.benchmarks.drivers import Procs
+from cellnet.benchmarks.procs import Procs
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(60)"]
 
