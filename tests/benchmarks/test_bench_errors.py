@@ -7,6 +7,7 @@ the time Python needs to start.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,11 @@ OUT_COMMANDS = [
 
 
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``python -m ARGS`` in ``cwd``, its temporary folders in ``cwd/tmp`` (to check none is left)."""
+    tmp = cwd / "tmp"
+    tmp.mkdir(exist_ok=True)
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, check=False, capture_output=True,
-                          text=True, timeout=50)
+                          text=True, timeout=50, env={**os.environ, "TMPDIR": str(tmp)})
 
 
 def _error(proc: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -101,7 +105,6 @@ def test_out_cannot_be_created(tmp_path: Path, command: list[str]) -> None:
 
 
 def test_large_tmp_must_be_a_writable_folder(tmp_path: Path) -> None:
-    before = set(Path("/tmp").glob("cellnet-large-*"))
     _error(_run(["cellnet.benchmarks.large", "--tmp", "/nonexistent"], tmp_path),
            "--tmp: /nonexistent does not exist", "writable folder")
     (tmp_path / "afile").write_text("")
@@ -111,7 +114,7 @@ def test_large_tmp_must_be_a_writable_folder(tmp_path: Path) -> None:
     for command in (["cellnet.benchmarks.large"], ["cellnet.benchmarks", "--large"]):
         _error(_run([*command, "--config", str(config)], tmp_path),
                f"{config}: large.tmp: /nonexistent does not exist")
-    assert set(Path("/tmp").glob("cellnet-large-*")) == before  # no temporary folder left behind
+    assert list((tmp_path / "tmp").iterdir()) == []  # no temporary folder left behind
     assert not (tmp_path / "bench-results").exists()
 
 
