@@ -363,7 +363,7 @@ def _run_matrix(cfg: BenchConfig, state: _RunState, compare: bool, tcp_sizes: li
 def _write_results(cfg: BenchConfig, state: _RunState, out: Path, quick: bool, note: str,
                    interrupted_code: int | None, console: Any) -> int:
     """results.json, results.md and the plots; the exit code."""
-    from .report import markdown, plot
+    from .report import markdown, plot, terminal_summary
 
     flare, groups, started = state.flare, state.groups, state.started
     summary = summarize(state.measurements, state.baselines)
@@ -401,6 +401,9 @@ def _write_results(cfg: BenchConfig, state: _RunState, out: Path, quick: bool, n
             console.print("no measurements: no plots", highlight=False)
     except ImportError:
         console.print('matplotlib is missing: no plots (pip install "cellnet[bench]")', highlight=False, markup=False)
+    table = terminal_summary(doc)
+    if table is not None:
+        console.print(table)
     console.print(f"wrote {out / 'results.json'} and {out / 'results.md'} in {doc['seconds']:.0f} s",
                   highlight=False)
     if interrupted_code is not None:

@@ -183,6 +183,40 @@ def markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+#: path names short enough for the terminal table to fit 80 columns
+_SHORT_PATHS = {"client-server": "client->server", "relayed": "relayed", "direct": "direct"}
+
+
+def terminal_summary(doc: dict[str, Any]) -> Any:
+    """The headline figures for the terminal (a ``rich`` table), or None without results: per
+    driver and path, the RTT of the smallest size one at a time (and over the raw library's),
+    its msg/s at the highest concurrency, and the MB/s of the largest size. results.md has all."""
+    from rich.table import Table
+
+    cfg = doc["config"]
+    summary = _index(doc["summary"])
+    small, large = min(cfg["sizes"]), max(cfg["sizes"])
+    low, high = min(cfg["concurrency"]), max(cfg["concurrency"])
+    table = Table(title=f"headline figures: RTT and msg/s at {fmt_size(small)}, MB/s at {fmt_size(large)} "
+                        "(medians; all figures in results.md)", title_justify="left")
+    for name in ("driver", "path", f"RTT ms x{low}", "RTT/raw", f"msg/s x{high}", f"MB/s x{low}"):
+        table.add_column(name, justify="left" if name in ("driver", "path") else "right", no_wrap=True)
+    for driver in cfg["drivers"]:
+        for topo in cfg["topologies"]:
+            first, busy, big = (summary.get((driver, topo, size, conc)) for size, conc in
+                                ((small, low), (small, high), (large, low)))
+            if not (first or busy or big):
+                continue
+            rtt = first and first["rtt_median_us"]
+            ratio = first and first.get("rtt_vs_raw")
+            rate = busy and busy["msgs_per_s"]
+            mbps = big and big["mb_per_s"]
+            table.add_row(driver, _SHORT_PATHS.get(topo, topo),
+                          _num(rtt["median"] / 1e3) if rtt else "-", f"{ratio:.2f}" if ratio else "-",
+                          _num(rate["median"]) if rate else "-", _num(mbps["median"]) if mbps else "-")
+    return table if table.row_count else None
+
+
 def _median(values: list[float | None]) -> float | None:
     vals = [v for v in values if v is not None]
     return statistics.median(vals) if vals else None

@@ -137,6 +137,18 @@ def test_routes_match_the_topologies(doc: dict[str, Any]) -> None:
     assert doc["groups"][0]["routes"]["direct"] == ["site-3", "site-2"]
 
 
+def test_headline_table_on_the_terminal(run: tuple[subprocess.CompletedProcess[str], Path],
+                                        doc: dict[str, Any]) -> None:
+    proc, _out = run
+    assert "headline figures: RTT and msg/s at 100 B, MB/s at 64 KiB" in proc.stderr
+    rows = [ln for ln in proc.stderr.splitlines() if ln.startswith("│ tcp")]
+    assert [ln.split("│")[2].strip() for ln in rows] == ["client->server", "relayed", "direct"]
+    first = next(s for s in doc["summary"] if s["topology"] == "client-server" and s["size"] == SIZES[0]
+                 and s["concurrency"] == 1)
+    shown = float(rows[0].split("│")[3])
+    assert shown == pytest.approx(first["rtt_median_us"]["median"] / 1e3, rel=0.01)
+
+
 def test_markdown_and_plots(run: tuple[subprocess.CompletedProcess[str], Path], doc: dict[str, Any]) -> None:
     _proc, out = run
     md = (out / "results.md").read_text()
