@@ -376,12 +376,15 @@ def plot(doc: dict[str, Any], out: Path) -> list[Path]:
     """Write latency.png and throughput.png into ``out``; return their paths.
 
     A document without a single measurement (a run interrupted before the
-    first one) gives no plots: nothing is written and the list is empty.
+    first one) gives no plots: the list is empty, and plots an earlier run
+    left in ``out`` are removed, so that none is taken for this run's.
     """
     paths = []
     for kind in ("latency", "throughput"):
         fig = figure(doc, kind)
         if fig is None:
+            for stale in ("latency", "throughput"):
+                (out / f"{stale}.png").unlink(missing_ok=True)
             return []
         path = out / f"{kind}.png"
         fig.savefig(path, dpi=100)

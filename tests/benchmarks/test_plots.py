@@ -154,9 +154,10 @@ def test_sizes_in_units() -> None:
 def test_no_results_no_plots(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     doc = _doc(["tcp", "grpc"], [100], [1])
     doc["summary"], doc["baselines"], doc["interrupted"] = [], [], True
+    (tmp_path / "latency.png").write_bytes(b"an earlier run's")
     assert report.plot(doc, tmp_path) == []
     assert report.figure(doc, "latency") is None
-    assert not list(tmp_path.iterdir())
+    assert not list(tmp_path.iterdir())  # not even the earlier run's plot
     # the command line says what it wrote: results.md, and no plots
     (tmp_path / "results.json").write_text(json.dumps(doc))
     assert report.main([str(tmp_path / "results.json"), str(tmp_path / "out")]) == 0
