@@ -166,7 +166,9 @@ class _FrameProtocol(asyncio.BufferedProtocol):
         if exc is not None and self.error is None:
             self.error = exc
         elif self.error is None and not self._decoder.at_boundary():
-            self.error = FrameError("connection closed in the middle of a frame")
+            # A cut stream (a peer killed mid-send closes with a FIN when it
+            # had nothing unread) is a broken link, not bad input.
+            self.error = ConnectionResetError("peer closed the connection in the middle of a frame")
         self._wake()
         for fut in self._drainers:
             if not fut.done():

@@ -66,3 +66,44 @@ async def test_close_delivers_what_was_queued_while_the_peer_keeps_sending() -> 
         assert got == list(range(32))
     finally:
         await listener.aclose()
+
+
+async def test_a_stream_cut_mid_frame_is_a_broken_link() -> None:
+    """A peer that closes (a FIN, as a killed process with nothing unread
+    sends) after half a frame broke the link: LinkBroken, not FrameError.
+    The frames before the cut are still delivered."""
+    import asyncio
+
+    from cellnet.codec import Frame, Kind, encode_frame
+    from cellnet.driver import LinkOptions
+    from cellnet.errors import LinkBroken
+
+    driver = TcpDriver()
+    outcome: asyncio.Future[object] = asyncio.get_running_loop().create_future()
+
+    async def on_link(link: object) -> None:
+        got = []
+        try:
+            async for frame in link:  # type: ignore[attr-defined]
+                got.append(frame.header["seq"])
+        except Exception as exc:
+            outcome.set_result((got, exc))
+            return
+        outcome.set_result((got, None))
+
+    listener = await driver.listen("tcp://127.0.0.1:0", on_link, LinkOptions())
+    try:
+        host, port = listener.url.removeprefix("tcp://").rsplit(":", 1)
+        reader, writer = await asyncio.open_connection(host, int(port))
+        whole = encode_frame(Frame(Kind.MESSAGE, {"seq": 0}, b"x" * 1000))
+        cut = encode_frame(Frame(Kind.MESSAGE, {"seq": 1}, b"y" * 1000))
+        writer.write(whole + cut[: len(cut) // 2])
+        await writer.drain()
+        writer.write_eof()
+        got, exc = await asyncio.wait_for(outcome, 5)
+        writer.close()
+        assert got == [0]
+        assert isinstance(exc, LinkBroken), repr(exc)
+        assert "in the middle of a frame" in str(exc)
+    finally:
+        await listener.aclose()
