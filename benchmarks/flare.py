@@ -243,16 +243,6 @@ def _measure_sink(cell: Any, target: str, payload: bytes, task: dict[str, Any]) 
     return {"route": _route(reply), "bytes": received, "elapsed_s": elapsed, "mb_per_s": received / elapsed / 1e6}
 
 
-def _payload(seed: int, size: int) -> bytes:
-    """The seeded payload; above 64 MiB, 8 seeded 1 MiB blocks cycled (one random draw is capped at 2 Gbit)."""
-    if size <= 64 * 1024 * 1024:
-        return payload_for(seed, size)
-    blocks = [payload_for(seed, (1 << 20) + i) for i in range(8)]
-    blocks = [b[: 1 << 20] for b in blocks]
-    whole, rest = divmod(size, 1 << 20)
-    return b"".join(blocks[i % 8] for i in range(whole)) + blocks[0][:rest]
-
-
 def run_measure(url: str, seed: int, budget: float) -> int:
     """The measuring process: cells site-1 and site-3, tasks from stdin, one JSON line per result."""
     cells = {"site-1": _make_cell("site-1", url, adhoc=False), "site-3": _make_cell("site-3", url, adhoc=True)}
@@ -266,7 +256,7 @@ def run_measure(url: str, seed: int, budget: float) -> int:
             size = int(task["size"])
             if len(payload) != size:
                 payload = b""  # at most one payload held: 512 MiB each
-                payload = _payload(seed, size)
+                payload = bytes(payload_for(seed, size))  # FLARE sends bytes
             try:
                 if task["kind"] == "echo":
                     src, target, _expected = TOPOLOGY_PATHS[task["topology"]]

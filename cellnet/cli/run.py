@@ -59,18 +59,18 @@ async def serve(cfg: Config, setup: Callable[[Cell], None] | None = None) -> Non
         where = ", ".join(cell.listen_addresses) or "no listener"
         up = f"parent {', '.join(cfg.cell.parent)}" if cfg.cell.parent else "no parent"
         err_console.print(f"cell [bold]{cell.name}[/] running ({escape(where)}; {escape(up)}); Ctrl-C to stop", highlight=False)
-        taken: list[NameInUse] = []
-        watch = asyncio.ensure_future(_watch_name(cell, cfg, stop, taken)) if cfg.cell.parent else None
+        watch = asyncio.ensure_future(_watch_name(cell, cfg, stop)) if cfg.cell.parent else None
         await stop.wait()
+        taken = watch.result() if watch is not None and watch.done() else None
         if watch is not None:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
         err_console.print(f"cell {cell.name} stopping", highlight=False)
-    if taken:
-        raise taken[0]
+    if taken is not None:
+        raise taken
 
 
-async def _watch_name(cell: Cell, cfg: Config, stop: asyncio.Event, taken: list[NameInUse]) -> None:
+async def _watch_name(cell: Cell, cfg: Config, stop: asyncio.Event) -> NameInUse | None:
     """Stop the cell if its parent keeps refusing its name: another cell of
     that name is running. It refuses for a while after a restart too, until
     it notices the cell's previous run is gone (heartbeat_timeout), so only
@@ -80,9 +80,10 @@ async def _watch_name(cell: Cell, cfg: Config, stop: asyncio.Event, taken: list[
     deadline = loop.time() + grace
     while loop.time() < deadline:
         if cell.parent is not None:
-            return
+            return None
         await asyncio.sleep(0.1)
     refused = cell.name_refused
     if cell.parent is None and refused is not None:
-        taken.append(NameInUse(f"{refused}; still after {grace:g} s: is another {cell.name} running?"))
         stop.set()
+        return NameInUse(f"{refused}; still after {grace:g} s: is another {cell.name} running?")
+    return None
